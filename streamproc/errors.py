@@ -1,0 +1,42 @@
+"""One exception hierarchy: transient failures are retried, permanent ones go to a DLQ."""
+
+from __future__ import annotations
+
+
+class StreamprocError(Exception):
+    """Base of every error streamproc raises on purpose."""
+
+
+class TransientError(StreamprocError):
+    """Worth retrying: a service is unavailable or timed out."""
+
+
+class PermanentError(StreamprocError):
+    """Retrying cannot help; the message goes to the dead-letter topic with `reason`."""
+
+    reason: str = "permanent"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class SchemaError(PermanentError):
+    """Bytes or JSON that do not match the Avro schema they claim."""
+
+    reason = "schema"
+
+    def __init__(self, schema: str, message: str, *, field: str | None = None) -> None:
+        where = f" field {field!r}" if field else ""
+        super().__init__(f"{schema}{where}: {message}")
+        self.schema = schema
+        self.field = field
+
+
+class ConfigurationError(StreamprocError):
+    """Settings, registry or cluster state that stops a worker from starting."""
+
+
+class ServiceError(StreamprocError):
+    """A local service could not be provisioned, started or stopped."""

@@ -1,0 +1,113 @@
+"""Kafka edge shared by the CLI and the tests: producers, and reading any topic as JSON."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TextIO
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+
+from streamproc.avro_codec import SINGLE_OBJECT_MAGIC, Schemas, load_schemas
+from streamproc.errors import SchemaError
+from streamproc.settings import Settings
+
+
+@asynccontextmanager
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    # acks=all and idempotence: an acknowledged event is on every in-sync replica, once.
+    prod = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id=settings.kafka.client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+    )
+    await prod.start()
+    try:
+        yield prod
+    finally:
+        await prod.stop()
+
+
+def decode_value(schemas: Schemas, value: bytes | None) -> Any:
+    """Best effort for humans: Avro by fingerprint, else JSON, else base64."""
+    if value is None:
+        return None
+    if value[:2] == SINGLE_OBJECT_MAGIC:
+        codec = schemas.by_fingerprint(value[2:10])
+        if codec is not None:
+            try:
+                return codec.decode(value)
+            except SchemaError as exc:
+                return {"_undecodable": str(exc)}
+    try:
+        return json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {"_base64": base64.b64encode(value).decode()}
+
+
+def record_as_json(schemas: Schemas, record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp,
+        "key": record.key.decode("utf-8", errors="replace") if record.key is not None else None,
+        "headers": {k: v.decode("utf-8", errors="replace") for k, v in record.headers},
+        "value": decode_value(schemas, record.value),
+    }
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, bytes):
+        return base64.b64encode(obj).decode()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, ensure_ascii=False)
+
+
+async def tail_topic(
+    settings: Settings,
+    topic: str,
+    from_beginning: bool,
+    max_messages: int,
+    idle_timeout: float,
+    out: TextIO,
+) -> int:
+    schemas = load_schemas(settings.schemas_dir)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    await consumer.start()
+    seen = 0
+    try:
+        while max_messages == 0 or seen < max_messages:
+            batch = await consumer.getmany(
+                timeout_ms=int(idle_timeout * 1000) if idle_timeout else 1000
+            )
+            if not batch:
+                if idle_timeout:
+                    break
+                continue
+            for records in batch.values():
+                for record in records:
+                    if max_messages and seen >= max_messages:
+                        break
+                    out.write(dumps(record_as_json(schemas, record)) + "\n")
+                    seen += 1
+            out.flush()
+    finally:
+        await consumer.stop()
+    return seen

@@ -1,0 +1,241 @@
+"""Apache Kafka (KRaft, one node) from its Maven Central jars, with its console tools."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from streamproc.errors import ServiceError
+from streamproc.localservices.process import ManagedProcess
+from streamproc.settings import Settings
+
+# Console tools our users know by their script names.
+TOOLS = {
+    "kafka-console-producer": "org.apache.kafka.tools.ConsoleProducer",
+    "kafka-console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "kafka-topics": "org.apache.kafka.tools.TopicCommand",
+    "kafka-consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "kafka-configs": "kafka.admin.ConfigCommand",
+    "kafka-get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+}
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>streamproc.local</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{kafka}</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>{kafka}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>{log4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2 = """status = error
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {logfile}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+# Console tools print to stderr; keep their own chatter quiet.
+_TOOLS_LOG4J2 = """status = error
+appender.err.type = Console
+appender.err.name = err
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = %p %m%n
+rootLogger.level = WARN
+rootLogger.appenderRef.err.ref = err
+"""
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.split(",")[0].rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+class LocalKafka:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        local = settings.local
+        self.home = local.cache_dir / "kafka" / local.kafka_version
+        self.libs = self.home / "libs"
+        self.state = local.state_dir / "kafka"
+        self.host, self.port = split_host_port(settings.kafka.bootstrap_servers)
+        self.controller_port = local.kafka_controller_port
+        self.proc = ManagedProcess("kafka", self.state / "kafka.pid", self.state / "stdout.log")
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"kafka": self.port, "kafka controller": self.controller_port}
+
+    def provision(self) -> None:
+        """Resolve the broker and tools jars with Maven once; later calls reuse the cache."""
+        marker = self.home / ".complete"
+        if marker.exists():
+            self._write_tool_scripts()
+            return
+        if shutil.which("java") is None or shutil.which("mvn") is None:
+            raise ServiceError("Kafka needs `java` (17+) and `mvn` on PATH to provision its jars")
+        self.home.mkdir(parents=True, exist_ok=True)
+        pom = self.home / "pom.xml"
+        pom.write_text(
+            _POM.format(
+                kafka=self.settings.local.kafka_version, log4j=self.settings.local.log4j_version
+            )
+        )
+        tmp = self.home / "libs.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        result = subprocess.run(
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={tmp}",
+                "-DincludeScope=runtime",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ServiceError(
+                f"resolving Kafka jars with Maven failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+            )
+        shutil.rmtree(self.libs, ignore_errors=True)
+        tmp.rename(self.libs)
+        self._write_tool_scripts()
+        marker.touch()
+
+    def _write_tool_scripts(self) -> None:
+        (self.home / "log4j2-tools.properties").write_text(_TOOLS_LOG4J2)
+        bindir = self.home / "bin"
+        bindir.mkdir(exist_ok=True)
+        for script, main_class in TOOLS.items():
+            path = bindir / script
+            path.write_text(
+                "#!/bin/sh\n"
+                f'exec java -Dlog4j2.configurationFile="{self.home}/log4j2-tools.properties" '
+                f'-cp "{self.libs}/*" {main_class} "$@"\n'
+            )
+            path.chmod(0o755)
+
+    def tool_argv(self, tool: str, args: list[str]) -> list[str]:
+        if tool not in TOOLS:
+            raise ServiceError(f"unknown Kafka tool {tool!r}; known: {', '.join(TOOLS)}")
+        return [str(self.home / "bin" / tool), *args]
+
+    def _java(self, main_class: str, *args: str, log4j: Path) -> list[str]:
+        return [
+            "java",
+            f"-Xmx{self.settings.local.kafka_heap}",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{self.libs}/*",
+            main_class,
+            *args,
+        ]
+
+    def _write_config(self) -> Path:
+        self.state.mkdir(parents=True, exist_ok=True)
+        data = self.state / "data"
+        props = self.state / "server.properties"
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}",
+                    f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={data}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=6",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    # Compaction must run in local tests within seconds, not the 15 s default tick.
+                    "log.cleaner.backoff.ms=1000",
+                    "",
+                ]
+            )
+        )
+        (self.state / "log4j2.properties").write_text(
+            _LOG4J2.format(logfile=self.state / "server.log")
+        )
+        return props
+
+    def start(self) -> None:
+        props = self._write_config()
+        log4j = self.state / "log4j2.properties"
+        if not (self.state / "data" / "meta.properties").exists():
+            cluster_id = (
+                subprocess.run(
+                    self._java("kafka.tools.StorageTool", "random-uuid", log4j=log4j),
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            fmt = subprocess.run(
+                self._java(
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(props),
+                    log4j=log4j,
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if fmt.returncode != 0:
+                raise ServiceError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+        self.proc.start(self._java("kafka.Kafka", str(props), log4j=log4j), {}, self.state)
+        self.proc.wait_ready(self.ready, self.settings.local.start_timeout_s)
+
+    def ready(self) -> bool:
+        return asyncio.run(kafka_metadata_ok(self.settings.kafka.bootstrap_servers))
+
+
+async def kafka_metadata_ok(bootstrap: str, timeout_ms: int = 2000) -> bool:
+    """True when a metadata request to the cluster succeeds and lists a broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    # A refused connection is the expected answer while the broker starts; keep it off stderr.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        await asyncio.wait_for(admin.start(), timeout=timeout_ms / 1000)
+        cluster = await admin.describe_cluster()
+        return bool(cluster.get("brokers"))
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    finally:
+        await admin.close()

