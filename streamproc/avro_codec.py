@@ -147,8 +147,8 @@ class Schemas:
 
 def schema_fingerprint(schema: Any) -> bytes:
     """CRC-64-AVRO of the parsing canonical form, little-endian, as single-object encoding wants."""
-    value = int(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"), 16)
-    return value.to_bytes(8, "little")
+    # fastavro spells the fingerprint as the hex of its little-endian bytes already.
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
 
 
 @cache

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import warnings
 from typing import Annotated
 
 import typer
 
 from streamproc.errors import StreamprocError
+from streamproc.logs import silence_dependency_warnings
 from streamproc.settings import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -118,6 +118,15 @@ def topology_diff() -> None:
     _reconcile(apply=False)
 
 
+@topology_app.command("render-k8s")
+def topology_render_k8s() -> None:
+    """Print Strimzi KafkaTopic manifests (deploy/k8s/topics.yaml is this output)."""
+    from streamproc.topology.model import load_topology, render_strimzi
+
+    settings = _settings()
+    typer.echo(render_strimzi(load_topology(settings.topology_file)), nl=False)
+
+
 @app.command("tail")
 def tail(
     topic: Annotated[str, typer.Argument(help="Topic name, e.g. embed-done")],
@@ -149,17 +158,20 @@ def tail(
 
 
 @app.command("demo")
-def demo() -> None:
+def demo(
+    external: Annotated[
+        bool, typer.Option("--external", help="Use the configured cluster; start nothing locally.")
+    ] = False,
+) -> None:
     """The main job end to end on the configured services (see README)."""
     from streamproc.demo import run_demo
 
     try:
-        run_demo(_settings())
+        run_demo(_settings(), manage_services=not external)
     except StreamprocError as exc:
         raise _fail(exc) from exc
 
 
 def main() -> None:
-    # weaviate-client imports authlib's httpx integration, which warns on every start.
-    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+    silence_dependency_warnings()
     app()

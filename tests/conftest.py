@@ -2,17 +2,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import warnings
 from collections.abc import Iterator
 
 import pytest
 
+from streamproc.logs import silence_dependency_warnings
 from streamproc.settings import Settings
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
 from tests import services
 
-warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+silence_dependency_warnings()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from tenacity import AsyncRetrying, RetryError, stop_after_delay, wait_exponential
 
 from streamproc.errors import ConfigurationError
 from streamproc.topology.model import Change, TopicSpec, TopicState, fit_to_cluster, plan
@@ -76,12 +77,7 @@ async def reconcile(bootstrap: str, specs: list[TopicSpec], *, apply: bool) -> R
         changes = plan(fitted, await describe(admin, [s.name for s in fitted]))
         if apply and changes:
             await _apply(admin, fitted, changes)
-            remaining = plan(fitted, await describe(admin, [s.name for s in fitted]))
-            unfixable = [c for c in remaining if c.fixable]
-            if unfixable:
-                raise ConfigurationError(
-                    "topology apply left drift: " + "; ".join(str(c) for c in unfixable)
-                )
+            await _converged(admin, fitted)
         return Report(changes, notes, applied=apply and bool(changes))
     finally:
         await admin.close()
@@ -117,6 +113,31 @@ async def _apply(admin: AIOKafkaAdminClient, specs: list[TopicSpec], changes: li
         )
         for response in responses:
             _raise_on_errors("alter configs", response.to_object().get("resources", []))
+
+
+async def _converged(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> None:
+    """Wait until the cluster's metadata shows the applied changes (it propagates async)."""
+    remaining: list[Change] = []
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(30), wait=wait_exponential(multiplier=0.05, max=1.0)
+        ):
+            with attempt:
+                remaining = [
+                    c
+                    for c in plan(specs, await describe(admin, [s.name for s in specs]))
+                    if c.fixable
+                ]
+                if remaining:
+                    raise _NotYet
+    except RetryError:
+        raise ConfigurationError(
+            "topology apply left drift after 30 s: " + "; ".join(str(c) for c in remaining)
+        ) from None
+
+
+class _NotYet(Exception):
+    pass
 
 
 def _raise_on_errors(what: str, results: list[dict[str, object]]) -> None:

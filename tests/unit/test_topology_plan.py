@@ -9,8 +9,12 @@ SPEC = TopicSpec("chunks", 6, 1, {"cleanup.policy": "compact", "retention.ms": "
 def test_topology_file_describes_every_design_topic() -> None:
     specs = {s.name: s for s in load_topology(Settings().topology_file, prefix="x.")}
     assert set(specs) == {
-        "x.chunk-requested", "x.chunks", "x.embed-requested", "x.embed-done",
-        "x.chunk-requested.dlq", "x.embed-requested.dlq",
+        "x.chunk-requested",
+        "x.chunks",
+        "x.embed-requested",
+        "x.embed-done",
+        "x.chunk-requested.dlq",
+        "x.embed-requested.dlq",
     }
     assert specs["x.chunks"].config["cleanup.policy"] == "compact"
     assert specs["x.embed-done"].config["min.insync.replicas"] == "2"
@@ -25,10 +29,13 @@ def test_matching_topic_has_no_drift() -> None:
 
 
 def test_config_drift_both_ways() -> None:
-    state = TopicState("chunks", 6, 1, {"cleanup.policy": "delete", "retention.ms": "-1",
-                                        "segment.bytes": "1"})
-    kinds = sorted((c.kind, c.detail.split(":")[0].split("=")[0]) for c in plan([SPEC], state and
-                                                                              {"chunks": state}))
+    state = TopicState(
+        "chunks", 6, 1, {"cleanup.policy": "delete", "retention.ms": "-1", "segment.bytes": "1"}
+    )
+    kinds = sorted(
+        (c.kind, c.detail.split(":")[0].split("=")[0])
+        for c in plan([SPEC], state and {"chunks": state})
+    )
     assert kinds == [("remove_config", "segment.bytes"), ("set_config", "cleanup.policy")]
 
 

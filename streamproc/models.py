@@ -1,0 +1,90 @@
+"""Model registry entries turned into loaded sentence-transformers models, checked on load."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamproc.errors import ConfigurationError
+from streamproc.settings import ModelSpec
+
+log = logging.getLogger(__name__)
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_source(source: str) -> str:
+    """A local directory for `package:NAME` and existing paths; otherwise the Hugging Face id."""
+    if source.startswith(PACKAGE_PREFIX):
+        package = source.removeprefix(PACKAGE_PREFIX)
+        try:
+            root = importlib.resources.files(package)
+        except ModuleNotFoundError as exc:
+            raise ConfigurationError(
+                f"model source {source!r}: Python package {package!r} is not installed"
+            ) from exc
+        return str(Path(str(root)) / "model")
+    return source
+
+
+@dataclass
+class EmbeddingModel:
+    spec: ModelSpec
+    model: Any  # sentence_transformers.SentenceTransformer
+    device: str
+
+    @property
+    def dimension(self) -> int:
+        return self.spec.dimension
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes in the model, special tokens included, without truncation."""
+        encoded = self.model.tokenizer(texts, add_special_tokens=True, truncation=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        vectors = self.model.encode(
+            texts,
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def load_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
+    """Load and check a registry entry; refuse to start when reality disagrees with it."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    source = resolve_source(spec.source)
+    model = SentenceTransformer(source, device=chosen, revision=spec.revision)
+    if chosen.startswith("cuda"):
+        # fp16 on GPU: embeddings for retrieval lose nothing measurable and double throughput.
+        model.half()
+    real_dim = model.get_embedding_dimension()
+    if real_dim != spec.dimension:
+        raise ConfigurationError(
+            f"model {spec.name!r} ({spec.source}) produces {real_dim}-dimensional vectors but "
+            f"the registry says {spec.dimension}: set dimension={real_dim} for it "
+            f"(and a new version, so it gets its own collection)"
+        )
+    if model.max_seq_length < spec.max_seq_len:
+        raise ConfigurationError(
+            f"model {spec.name!r} accepts at most {model.max_seq_length} tokens but the registry "
+            f"says max_seq_len={spec.max_seq_len}: lower it to {model.max_seq_length}"
+        )
+    model.max_seq_length = spec.max_seq_len
+    log.info("loaded model", extra={"model": spec.name, "device": chosen, "dim": real_dim})
+    return EmbeddingModel(spec=spec, model=model, device=chosen)

@@ -1,0 +1,86 @@
+"""Named self-provided vectors, multi-tenancy, nearVector, and the alias flip on real Weaviate."""
+
+from __future__ import annotations
+
+from weaviate.classes.query import MetadataQuery
+
+from streamproc.naming import collection_name, object_uuid
+from streamproc.settings import Settings
+from streamproc.weaviate_store import CONTENT_VECTOR, ChunkObject, WeaviateStore, connect
+
+
+def _obj(key: str, vector: list[float], tenant: str = "acme") -> ChunkObject:
+    return ChunkObject(
+        uuid=object_uuid(key),
+        tenant=tenant,
+        properties={"chunk_key": key, "tenant": tenant, "doc_id": key.split("/")[1]},
+        vectors={CONTENT_VECTOR: vector},
+    )
+
+
+def test_named_vector_near_vector_and_alias_flip(settings: Settings) -> None:
+    prefix = settings.weaviate.collection_prefix
+    first, second = collection_name(prefix, "m", "v1"), collection_name(prefix, "m", "v2")
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        store.ensure_collection(first, 3, heading_vector=False)
+        store.ensure_collection(second, 2, heading_vector=False)
+        result = store.upsert(
+            first, [_obj("acme/a/p1/0", [1.0, 0.0, 0.0]), _obj("acme/b/p1/0", [0.0, 1.0, 0.0])]
+        )
+        assert not result.failed and len(result.written) == 2
+        # Upserting the same key again overwrites; it never duplicates.
+        store.upsert(first, [_obj("acme/a/p1/0", [0.9, 0.1, 0.0])])
+        assert store.count(first, "acme") == 2
+        store.upsert(second, [_obj("acme/c/p1/0", [1.0, 0.0])])
+
+        store.point_alias(prefix, first)
+        hits = (
+            client.collections.get(prefix)
+            .with_tenant("acme")
+            .query.near_vector(
+                [1.0, 0.0, 0.0],
+                target_vector=CONTENT_VECTOR,
+                limit=2,
+                return_metadata=MetadataQuery(distance=True),
+            )
+        )
+        assert [h.properties["doc_id"] for h in hits.objects] == ["a", "b"]
+
+        assert store.point_alias(prefix, second) == first
+        assert store.alias_target(prefix) == second
+        hits = (
+            client.collections.get(prefix)
+            .with_tenant("acme")
+            .query.near_vector([1.0, 0.0], target_vector=CONTENT_VECTOR, limit=5)
+        )
+        assert [h.properties["doc_id"] for h in hits.objects] == ["c"]
+
+
+def test_tenants_are_isolated(settings: Settings) -> None:
+    name = collection_name(settings.weaviate.collection_prefix, "m", "v1")
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        store.ensure_collection(name, 2, heading_vector=False)
+        store.upsert(
+            name,
+            [_obj("a/x/p1/0", [1.0, 0.0], tenant="a"), _obj("b/y/p1/0", [1.0, 0.0], tenant="b")],
+        )
+        hits = store.collection(name, "a").query.near_vector(
+            [1.0, 0.0], target_vector=CONTENT_VECTOR, limit=10
+        )
+        assert {h.properties["tenant"] for h in hits.objects} == {"a"}
+
+
+def test_dimension_mismatch_is_refused_with_the_fix(settings: Settings) -> None:
+    import pytest
+
+    from streamproc.errors import ConfigurationError
+
+    name = collection_name(settings.weaviate.collection_prefix, "m", "v1")
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        store.ensure_collection(name, 3, heading_vector=False)
+        store.upsert(name, [_obj("acme/a/p1/0", [1.0, 0.0, 0.0])])
+        with pytest.raises(ConfigurationError, match="new version"):
+            store.ensure_collection(name, 4, heading_vector=False)
