@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from streamproc.errors import StreamprocError
-from streamproc.logs import silence_dependency_warnings
+from streamproc.logs import configure_logging, silence_dependency_warnings
 from streamproc.settings import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -155,6 +155,112 @@ def tail(
         )
     except StreamprocError as exc:
         raise _fail(exc) from exc
+
+
+@app.command("worker")
+def worker(
+    role: Annotated[
+        str, typer.Option(help="chunker, embedder, or all (one process per role)")
+    ] = "all",
+) -> None:
+    """Run the pipeline's Faust agents."""
+    from streamproc.runner import run_all, run_role
+    from streamproc.workers import ROLES
+
+    settings = _settings()
+    try:
+        if role == "all":
+            raise typer.Exit(code=run_all(settings, ROLES))
+        if role not in ROLES:
+            raise StreamprocError(f"unknown role {role!r}; use one of {', '.join(ROLES)} or all")
+        configure_logging()
+        run_role(settings, role)
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command("produce")
+def produce(
+    paths: Annotated[list[str], typer.Argument(help="Files, folders (recursive) or globs")],
+    tenant: Annotated[str, typer.Option(help="Tenant of every document")] = "default",
+    delete: Annotated[bool, typer.Option("--delete", help="Send op=DELETE events")] = False,
+) -> None:
+    """Publish one ingest-complete event per document to chunk-requested."""
+    from streamproc.produce import expand, produce_documents
+
+    settings = _settings()
+    try:
+        docs = expand(paths)
+        sent = asyncio.run(
+            produce_documents(settings, docs, tenant, "DELETE" if delete else "UPSERT")
+        )
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"produced {sent} event(s) to {settings.topic('chunk-requested')}")
+
+
+@app.command("verify")
+def verify(
+    collection: Annotated[
+        str | None, typer.Option(help="Collection to check; default: the one the alias serves")
+    ] = None,
+) -> None:
+    """Compare the live keys of the chunk topic with a collection's objects, per tenant."""
+    from streamproc.verify import verify_collection
+
+    settings = _settings()
+    try:
+        name, reports = verify_collection(settings, collection)
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
+    for report in reports:
+        mark = "ok" if report.ok else "MISMATCH"
+        typer.echo(
+            f"{name} tenant {report.tenant}: {report.actual} objects, {report.expected} live "
+            f"chunks, {len(report.missing)} missing, {len(report.unexpected)} unexpected: {mark}"
+        )
+    if not all(r.ok for r in reports):
+        raise typer.Exit(code=1)
+
+
+@app.command("search")
+def search(
+    text: Annotated[str, typer.Argument(help="What to look for")],
+    tenant: Annotated[str, typer.Option(help="Tenant to search in")] = "default",
+    limit: Annotated[int, typer.Option(help="Number of hits")] = 5,
+) -> None:
+    """Embed the query with the model behind the alias and search through the alias."""
+    from streamproc.search import search_alias
+
+    settings = _settings()
+    try:
+        result = search_alias(settings, text, tenant, limit)
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"alias {result.alias} -> {result.collection} ({result.model})")
+    for rank, hit in enumerate(result.hits, 1):
+        typer.echo(
+            f"{rank:2}. {hit.score:.3f}  {hit.doc_id}#{hit.chunk_index}  {' > '.join(hit.heading_path)}"
+        )
+
+
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead-letter topics.")
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    topic: Annotated[str, typer.Argument(help="The source topic, e.g. chunk-requested")],
+) -> None:
+    """Send every dead letter not yet replayed back to its topic (after a fix)."""
+    from streamproc.dlq import replay
+
+    settings = _settings()
+    try:
+        count = asyncio.run(replay(settings, topic))
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"replayed {count} message(s) from {settings.topic(topic)}.dlq")
 
 
 @app.command("demo")

@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TextIO
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from streamproc.avro_codec import SINGLE_OBJECT_MAGIC, Schemas, load_schemas
-from streamproc.errors import SchemaError
+from streamproc.errors import SchemaError, StreamprocError
 from streamproc.settings import Settings
 
 
@@ -111,3 +111,55 @@ async def tail_topic(
     finally:
         await consumer.stop()
     return seen
+
+
+async def read_to_end(
+    settings: Settings, topic: str
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of `topic` from offset 0 up to the high watermarks taken at the start."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        yield record
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise StreamprocError(f"topic {topic!r} does not exist")
+    return partitions
+
+
+async def live_chunks(settings: Settings) -> dict[str, bytes]:
+    """The chunk topic's current state: the latest non-tombstone value of every chunk key."""
+    live: dict[str, bytes] = {}
+    async for record in read_to_end(settings, settings.topic("chunks")):
+        key = record.key.decode() if record.key is not None else ""
+        if record.value is None:
+            live.pop(key, None)
+        else:
+            live[key] = record.value
+    return live

@@ -113,12 +113,26 @@ class ChunkingSettings(BaseModel):
 
 
 class EmbedderSettings(BaseModel):
-    max_batch: int = 64
+    # Events taken from Kafka at once; their offsets commit together after every write.
+    max_events: int = 256
     max_wait_s: float = 0.05
+    # One encode call: at most this many texts, and at most this many padded tokens.
+    max_batch: int = 64
     max_batch_tokens: int = 16384
     device: str | None = None
+    # Models whose collections every live chunk is written to; empty means the active model.
+    target_models: list[str] = Field(default_factory=list)
     # When true the chunk text is not stored in Weaviate; only its hash is.
     pii_mode: bool = False
+
+
+class WorkerSettings(BaseModel):
+    # Consumer groups are `{app_id}-chunker` and `{app_id}-embedder`.
+    app_id: str = "streamproc"
+    data_dir: Path = Field(default_factory=lambda: _default_cache_dir() / "worker")
+    # Replication of the worker's own changelog topics (3 in production).
+    internal_replication_factor: int = 1
+    commit_interval_s: float = 1.0
 
 
 class Settings(BaseSettings):
@@ -133,6 +147,7 @@ class Settings(BaseSettings):
     local: LocalServicesSettings = Field(default_factory=LocalServicesSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     models: list[ModelSpec] = Field(default_factory=_default_models)
     # The model whose collection the alias serves and that live traffic embeds with.
     active_model: str = "all-minilm-l6-v2"
@@ -144,12 +159,23 @@ class Settings(BaseSettings):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
-        if self.active_model not in names:
-            raise ValueError(
-                f"active_model {self.active_model!r} is not in the model registry {names}; "
-                "set STREAMPROC_ACTIVE_MODEL to one of them"
-            )
+        for name in [self.active_model, *self.embedder.target_models]:
+            if name not in names:
+                raise ValueError(
+                    f"model {name!r} is not in the model registry {names}; register it in "
+                    "STREAMPROC_MODELS or pick one of those"
+                )
         return self
+
+    @property
+    def target_models(self) -> list[ModelSpec]:
+        names = self.embedder.target_models or [self.active_model]
+        return [self.model(n) for n in names]
+
+    def collection_for(self, spec: ModelSpec) -> str:
+        from streamproc.naming import collection_name
+
+        return collection_name(self.weaviate.collection_prefix, spec.name, spec.version)
 
     def model(self, name: str) -> ModelSpec:
         for spec in self.models:

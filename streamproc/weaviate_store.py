@@ -73,7 +73,12 @@ def connect(settings: WeaviateSettings) -> Iterator[weaviate.WeaviateClient]:
             grpc_port=settings.grpc_port,
             grpc_secure=settings.grpc_secure,
             auth_credentials=auth,
+            # The default checks also ask pypi.org for the newest client: no outside calls.
+            skip_init_checks=True,
         )
+        if not client.is_ready():
+            client.close()
+            raise TransientError(f"Weaviate at {settings.http_url} is not ready")
     except WeaviateBaseError as exc:
         raise TransientError(f"cannot connect to Weaviate at {settings.http_url}: {exc}") from exc
     try:
@@ -185,6 +190,12 @@ class WeaviateStore:
         if tenant not in set(collection.tenants.get()):
             return 0
         return collection.with_tenant(tenant).aggregate.over_all(total_count=True).total_count or 0
+
+    def uuids(self, name: str, tenant: str) -> set[UUID]:
+        collection = self.client.collections.get(name)
+        if tenant not in set(collection.tenants.get()):
+            return set()
+        return {o.uuid for o in collection.with_tenant(tenant).iterator(return_properties=[])}
 
     def tenants(self, name: str) -> list[str]:
         return sorted(self.client.collections.get(name).tenants.get())

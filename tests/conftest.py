@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,24 +36,30 @@ def service_settings() -> Iterator[Settings]:
         manager.__exit__(None, None, None)
 
 
-@pytest.fixture
-def settings(service_settings: Settings) -> Settings:
-    """Per-test namespace: own topic prefix and collection prefix on the shared services."""
+def namespaced(base: Settings, data_dir: Path, **updates: object) -> Settings:
+    """Own topic prefix, collection prefix, consumer groups and worker state on shared services."""
     tag = uuid.uuid4().hex[:8]
-    return service_settings.model_copy(
-        update={
-            "kafka": service_settings.kafka.model_copy(update={"topic_prefix": f"t{tag}."}),
-            "weaviate": service_settings.weaviate.model_copy(
-                update={"collection_prefix": f"T{tag}"}
-            ),
-        },
-        deep=True,
-    )
+    data = base.model_dump()
+    data["kafka"]["topic_prefix"] = f"t{tag}."
+    data["weaviate"]["collection_prefix"] = f"T{tag}"
+    data["worker"]["app_id"] = f"sp{tag}"
+    data["worker"]["data_dir"] = data_dir
+    data.update(updates)
+    return Settings(**data)
+
+
+def with_topics(settings: Settings) -> Settings:
+    specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
+    asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
+    return settings
+
+
+@pytest.fixture
+def settings(service_settings: Settings, tmp_path: Path) -> Settings:
+    return namespaced(service_settings, tmp_path / "worker")
 
 
 @pytest.fixture
 def topics(settings: Settings) -> Settings:
     """`settings` with every topology topic created under its prefix."""
-    specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
-    asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
-    return settings
+    return with_topics(settings)

@@ -1,0 +1,1 @@
+"""Text extraction, token-aware splitting and per-document change detection: pure logic."""

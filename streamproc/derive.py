@@ -1,0 +1,45 @@
+"""A second, genuinely different model derived from one on disk: a fitted PCA projection.
+
+Used where no model hub can be reached (tests, the demo's model rotation): the base model's
+embeddings of real texts are projected onto their top principal components, and the result
+is saved as an ordinary sentence-transformers directory that any worker can load by path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from streamproc.models import resolve_source
+
+
+def derive_projection(
+    base_source: str, out_dir: Path, dimension: int, texts: Sequence[str]
+) -> Path:
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Normalize
+
+    if (out_dir / "modules.json").exists():
+        return out_dir
+    base = SentenceTransformer(resolve_source(base_source), device="cpu")
+    embeddings = base.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True)
+    if len(embeddings) < dimension:
+        raise ValueError(f"need at least {dimension} texts to fit {dimension} components")
+    centered = embeddings - embeddings.mean(axis=0)
+    _, _, components = np.linalg.svd(centered, full_matrices=False)
+    projection = Dense(
+        in_features=embeddings.shape[1],
+        out_features=dimension,
+        bias=False,
+        activation_function=torch.nn.Identity(),
+    )
+    with torch.no_grad():
+        projection.linear.weight.copy_(torch.from_numpy(components[:dimension].copy()))
+    modules = [base[i] for i in range(len(base)) if not isinstance(base[i], Normalize)]
+    derived = SentenceTransformer(modules=[*modules, projection, Normalize()], device="cpu")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    derived.save(str(out_dir))
+    return out_dir

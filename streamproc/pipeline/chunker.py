@@ -1,0 +1,140 @@
+"""One ingest-complete event in, chunk records and embed requests out. No Kafka in here."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from streamproc.chunking.changes import compare, fingerprint
+from streamproc.chunking.extract import extract_sections
+from streamproc.chunking.split import Splitter
+from streamproc.content import check_sha256, decode_text, read_uri
+from streamproc.errors import PermanentError
+from streamproc.naming import chunk_key, document_key, weaviate_tenant
+from streamproc.settings import ChunkingSettings
+
+
+@dataclass
+class ChunkerOutput:
+    document_key: str
+    # (chunk key, ChunkRecord or None for a tombstone) for the compacted chunks topic.
+    chunk_records: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
+    # EmbedRequested records for embed-requested (key: the document key).
+    embed_requests: list[dict[str, Any]] = field(default_factory=list)
+    # Fingerprint per chunk key after this event; None forgets the document.
+    state: dict[str, str] | None = None
+    unchanged: int = 0
+
+
+class Chunker:
+    def __init__(self, settings: ChunkingSettings, splitter: Splitter) -> None:
+        self.settings = settings
+        self.splitter = splitter
+
+    def process(
+        self, event: Mapping[str, Any], previous: Mapping[str, str] | None, kafka_time: datetime
+    ) -> ChunkerOutput:
+        try:
+            weaviate_tenant(event["tenant"])
+        except ValueError as exc:
+            raise PermanentError(str(exc), reason="invalid_tenant") from exc
+        if not event["doc_id"]:
+            raise PermanentError("doc_id is empty", reason="invalid_doc_id")
+        ingested_at = event.get("ingested_at") or kafka_time
+        doc_key = document_key(event["tenant"], event["doc_id"])
+        previous = previous or {}
+        if event["op"] == "DELETE":
+            out = ChunkerOutput(doc_key, state=None)
+            self._tombstone(out, event, list(previous), ingested_at)
+            return out
+
+        data = self._content(event)
+        doc_sha = check_sha256(data, event.get("content_sha256"))
+        text = decode_text(data)
+        if not text.strip():
+            raise PermanentError("document has no text", reason="empty")
+        drafts = self.splitter.split(extract_sections(text, event["content_type"]))
+        if not drafts:
+            raise PermanentError("document has no text after extraction", reason="empty")
+        if len(drafts) > self.settings.max_chunks_per_document:
+            raise PermanentError(
+                f"document gives {len(drafts)} chunks, over the limit of "
+                f"{self.settings.max_chunks_per_document}",
+                reason="too_many_chunks",
+            )
+
+        policy = self.settings.policy_version
+        records = {}
+        for draft in drafts:
+            key = chunk_key(event["tenant"], event["doc_id"], policy, draft.index)
+            records[key] = {
+                "chunk_key": key,
+                "tenant": event["tenant"],
+                "doc_id": event["doc_id"],
+                "chunk_index": draft.index,
+                "policy_version": policy,
+                "text": draft.text,
+                "text_sha256": hashlib.sha256(draft.text.encode()).hexdigest(),
+                "heading_path": list(draft.heading_path),
+                "char_count": len(draft.text),
+                "token_counts": draft.token_counts,
+                "truncated": False,
+                "source_uri": event.get("content_uri"),
+                "content_type": event["content_type"],
+                "doc_sha256": doc_sha,
+                "ingested_at": ingested_at,
+            }
+        state = {k: fingerprint(r["heading_path"], r["text"]) for k, r in records.items()}
+        changes = compare(previous, state)
+        out = ChunkerOutput(doc_key, state=state, unchanged=len(changes.unchanged))
+        for key in changes.changed:
+            out.chunk_records.append((key, records[key]))
+            out.embed_requests.append(
+                {
+                    "op": "UPSERT",
+                    "chunk_key": key,
+                    "tenant": event["tenant"],
+                    "doc_id": event["doc_id"],
+                    "chunk": records[key],
+                    "ingested_at": ingested_at,
+                }
+            )
+        self._tombstone(out, event, changes.vanished, ingested_at)
+        return out
+
+    def _content(self, event: Mapping[str, Any]) -> bytes:
+        limit = self.settings.max_document_bytes
+        if event.get("content") is not None:
+            data = event["content"].encode("utf-8")
+            if len(data) > limit:
+                raise PermanentError(
+                    f"document is larger than the {limit}-byte limit", reason="too_large"
+                )
+            return data
+        if event.get("content_uri"):
+            return read_uri(event["content_uri"], limit)
+        raise PermanentError("event has neither content nor content_uri", reason="no_content")
+
+    @staticmethod
+    def _tombstone(
+        out: ChunkerOutput, event: Mapping[str, Any], keys: list[str], ingested_at: datetime
+    ) -> None:
+        for key in keys:
+            out.chunk_records.append((key, None))
+            out.embed_requests.append(
+                {
+                    "op": "DELETE",
+                    "chunk_key": key,
+                    "tenant": event["tenant"],
+                    "doc_id": event["doc_id"],
+                    "chunk": None,
+                    "ingested_at": ingested_at,
+                }
+            )
+
+
+def utc_from_millis(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis / 1000, tz=UTC)

@@ -1,0 +1,248 @@
+"""A micro-batch of embed requests in, confirmed Weaviate writes and embed-done records out.
+
+Encoding runs on its own thread (torch releases the GIL), Weaviate writes on another, so the
+event loop keeps Kafka heartbeats going. Within one batch, sub-batch k+1 is encoded while
+sub-batch k is written; the batch's offsets are acked only after every write is confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from weaviate.exceptions import WeaviateBaseError
+
+from streamproc.errors import TransientError
+from streamproc.models import EmbeddingModel
+from streamproc.naming import object_uuid
+from streamproc.pipeline.batching import sub_batches
+from streamproc.settings import EmbedderSettings
+from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, ChunkObject, WeaviateStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Object-level rejections are retried this often before the request goes to the DLQ.
+OBJECT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Target:
+    model: EmbeddingModel
+    collection: str
+
+
+@dataclass
+class BatchResult:
+    done: list[dict[str, Any]] = field(default_factory=list)
+    # Request index -> reason, for requests that go to the DLQ.
+    failed: dict[int, str] = field(default_factory=dict)
+    encode_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+
+def heading_text(path: Sequence[str]) -> str:
+    return " > ".join(path)
+
+
+class Embedder:
+    def __init__(
+        self, targets: Sequence[Target], store: WeaviateStore, settings: EmbedderSettings
+    ) -> None:
+        self.targets = list(targets)
+        self.store = store
+        self.settings = settings
+        self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
+        self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="weaviate")
+
+    def close(self) -> None:
+        self._encode_pool.shutdown(wait=True)
+        self._io_pool.shutdown(wait=True)
+
+    async def handle(self, requests: Sequence[dict[str, Any]]) -> BatchResult:
+        result = BatchResult()
+        upserts = [i for i, r in enumerate(requests) if r["op"] == "UPSERT"]
+        deletes = [i for i, r in enumerate(requests) if r["op"] == "DELETE"]
+        for target in self.targets:
+            await self._upsert(target, requests, upserts, result)
+            await self._delete(target, requests, deletes, result)
+        return result
+
+    async def _upsert(
+        self,
+        target: Target,
+        requests: Sequence[dict[str, Any]],
+        indices: list[int],
+        result: BatchResult,
+    ) -> None:
+        if not indices:
+            return
+        model = target.model
+        counts = [self._tokens(model, requests[i]["chunk"]) for i in indices]
+        writes: list[asyncio.Task[None]] = []
+        for group in sub_batches(counts, self.settings.max_batch, self.settings.max_batch_tokens):
+            members = [indices[g] for g in group]
+            chunks = [requests[i]["chunk"] for i in members]
+            started = time.perf_counter()
+            vectors = await self._run(self._encode_pool, model.encode, [c["text"] for c in chunks])
+            headings = sorted({heading_text(c["heading_path"]) for c in chunks} - {""})
+            heading_vectors = (
+                dict(
+                    zip(
+                        headings,
+                        await self._run(self._encode_pool, model.encode, headings),
+                        strict=True,
+                    )
+                )
+                if headings
+                else {}
+            )
+            result.encode_seconds += time.perf_counter() - started
+            objects = [
+                self._object(target, chunk, vector.tolist(), heading_vectors)
+                for chunk, vector in zip(chunks, vectors, strict=True)
+            ]
+            # Written while the next sub-batch encodes.
+            writes.append(
+                asyncio.ensure_future(self._write(target, members, requests, objects, result))
+            )
+        await asyncio.gather(*writes)
+
+    async def _write(
+        self,
+        target: Target,
+        members: list[int],
+        requests: Sequence[dict[str, Any]],
+        objects: list[ChunkObject],
+        result: BatchResult,
+    ) -> None:
+        started = time.perf_counter()
+        by_uuid = dict(zip((o.uuid for o in objects), members, strict=True))
+        pending = objects
+        errors: dict[UUID, str] = {}
+        for _ in range(OBJECT_ATTEMPTS):
+            outcome = await self._with_backoff(
+                lambda batch=pending: self.store.upsert(target.collection, batch)
+            )
+            for uuid in outcome.written:
+                result.done.append(self._done(target, requests[by_uuid[uuid]], "EMBEDDED", uuid))
+            errors = outcome.failed
+            pending = [o for o in pending if o.uuid in errors]
+            if not pending:
+                break
+        for uuid, message in errors.items():
+            result.failed[by_uuid[uuid]] = f"weaviate rejected the object: {message}"
+        result.write_seconds += time.perf_counter() - started
+
+    async def _delete(
+        self,
+        target: Target,
+        requests: Sequence[dict[str, Any]],
+        indices: list[int],
+        result: BatchResult,
+    ) -> None:
+        by_tenant: dict[str, list[int]] = {}
+        for i in indices:
+            by_tenant.setdefault(requests[i]["tenant"], []).append(i)
+        for tenant, members in by_tenant.items():
+            uuids = [object_uuid(requests[i]["chunk_key"]) for i in members]
+            await self._with_backoff(
+                lambda t=tenant, u=uuids: self.store.delete(target.collection, t, u)
+            )
+            for i, uuid in zip(members, uuids, strict=True):
+                result.done.append(self._done(target, requests[i], "DELETED", uuid))
+
+    async def _with_backoff(self, call: Callable[[], T]) -> T:
+        """Retry while Weaviate is unreachable; the stream waits meanwhile instead of dropping."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=wait_exponential_jitter(multiplier=0.2, max=30),
+            before_sleep=lambda state: log.warning(
+                "weaviate unavailable, retrying",
+                extra={"attempt": state.attempt_number, "error": str(state.outcome.exception())},
+            ),
+        ):
+            with attempt:
+                return await self._run(self._io_pool, _transient_on_weaviate_errors(call))
+        raise AssertionError("unreachable: AsyncRetrying without a stop never gives up")
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def _tokens(self, model: EmbeddingModel, chunk: dict[str, Any]) -> int:
+        counted = chunk["token_counts"].get(model.spec.name)
+        # A model added after the chunk was made has no count yet: 4 characters a token.
+        return counted if counted is not None else max(1, chunk["char_count"] // 4)
+
+    def _object(
+        self,
+        target: Target,
+        chunk: dict[str, Any],
+        vector: list[float],
+        heading_vectors: dict[str, Any],
+    ) -> ChunkObject:
+        spec = target.model.spec
+        vectors: dict[str, Sequence[float]] = {CONTENT_VECTOR: vector}
+        heading = heading_text(chunk["heading_path"])
+        if heading:
+            vectors[HEADING_VECTOR] = heading_vectors[heading].tolist()
+        return ChunkObject(
+            uuid=object_uuid(chunk["chunk_key"]),
+            tenant=chunk["tenant"],
+            properties={
+                "chunk_key": chunk["chunk_key"],
+                "tenant": chunk["tenant"],
+                "doc_id": chunk["doc_id"],
+                "chunk_index": chunk["chunk_index"],
+                "heading_path": chunk["heading_path"],
+                "text": "" if self.settings.pii_mode else chunk["text"],
+                "text_sha256": chunk["text_sha256"],
+                "char_count": chunk["char_count"],
+                "token_count": self._tokens(target.model, chunk),
+                "truncated": chunk["truncated"],
+                "model_id": spec.source,
+                "model_revision": spec.revision or "",
+                "model_version": spec.version,
+                "policy_version": chunk["policy_version"],
+                "source_uri": chunk["source_uri"] or "",
+                "ingested_at": chunk["ingested_at"],
+                "embedded_at": datetime.now(UTC),
+            },
+            vectors=vectors,
+        )
+
+    @staticmethod
+    def _done(target: Target, request: dict[str, Any], status: str, uuid: UUID) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        return {
+            "chunk_key": request["chunk_key"],
+            "tenant": request["tenant"],
+            "doc_id": request["doc_id"],
+            "op": request["op"],
+            "status": status,
+            "collection": target.collection,
+            "model_name": target.model.spec.name,
+            "model_version": target.model.spec.version,
+            "vector_dim": target.model.dimension,
+            "object_uuid": str(uuid),
+            "latency_ms": int((now - request["ingested_at"]).total_seconds() * 1000),
+            "embedded_at": now,
+        }
+
+
+def _transient_on_weaviate_errors(call: Callable[[], T]) -> Callable[[], T]:
+    def wrapped() -> T:
+        try:
+            return call()
+        except WeaviateBaseError as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapped

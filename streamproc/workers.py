@@ -1,0 +1,263 @@
+"""The Faust apps: created by a function from settings, one consumer group per role."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from streamproc.avro_codec import load_schemas
+from streamproc.chunking.split import Splitter
+from streamproc.chunking.tokenizers import HFTokenCounter
+from streamproc.errors import ConfigurationError, PermanentError, SchemaError
+from streamproc.models import EmbeddingModel, load_model, resolve_source
+from streamproc.naming import document_key
+from streamproc.pipeline.chunker import Chunker
+from streamproc.pipeline.embedder import Embedder, Target
+from streamproc.settings import Settings
+from streamproc.weaviate_store import WeaviateStore
+
+log = logging.getLogger(__name__)
+
+ROLES = ("chunker", "embedder")
+DLQ_SUFFIX = ".dlq"
+
+
+def _faust_app(settings: Settings, role: str) -> faust.App:
+    worker = settings.worker
+    app_id = f"{worker.app_id}-{role}"
+    datadir = worker.data_dir / app_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        app_id,
+        broker=[f"kafka://{host}" for host in settings.kafka.bootstrap_servers.split(",")],
+        store="memory://",
+        autodiscover=False,
+        web_enabled=False,
+        datadir=str(datadir),
+        topic_partitions=6,
+        topic_replication_factor=worker.internal_replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=worker.commit_interval_s,
+        processing_guarantee="at_least_once",
+        # The embedder holds a batch while Weaviate is down; do not count that as a hang.
+        broker_session_timeout=60.0,
+        stream_recovery_delay=0.0,
+    )
+
+
+def dlq_headers(event: EventT, error: Exception) -> list[tuple[str, bytes]]:
+    """The original headers plus why and where from; never the payload."""
+    message = event.message
+    reason = getattr(error, "reason", type(error).__name__)
+    return [
+        *(message.headers or []),
+        ("streamproc.dlq.reason", str(reason).encode()),
+        ("streamproc.dlq.error", str(error)[:2000].encode()),
+        ("streamproc.dlq.topic", message.topic.encode()),
+        ("streamproc.dlq.partition", str(message.partition).encode()),
+        ("streamproc.dlq.offset", str(message.offset).encode()),
+    ]
+
+
+async def _send(
+    app: faust.App,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> Awaitable[Any]:
+    return await app.producer.send(
+        topic, key, value, partition=None, timestamp=None, headers=headers
+    )
+
+
+async def _dead_letter(app: faust.App, event: EventT, error: Exception) -> Awaitable[Any]:
+    message = event.message
+    log.warning(
+        "dead-lettered",
+        extra={
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "reason": getattr(error, "reason", type(error).__name__),
+        },
+    )
+    return await _send(
+        app, message.topic + DLQ_SUFFIX, message.key, message.value, dlq_headers(event, error)
+    )
+
+
+def token_counters(settings: Settings) -> list[HFTokenCounter]:
+    """The tokenizer of every model in use, without loading the models' weights."""
+    from transformers import AutoTokenizer
+
+    counters = []
+    for spec in settings.target_models:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                resolve_source(spec.source), revision=spec.revision
+            )
+        except OSError as exc:
+            raise ConfigurationError(f"cannot load the tokenizer of {spec.name!r}: {exc}") from exc
+        counters.append(HFTokenCounter(spec.name, tokenizer, spec.max_seq_len))
+    return counters
+
+
+def create_chunker_app(settings: Settings, counters: list[HFTokenCounter]) -> faust.App:
+    app = _faust_app(settings, "chunker")
+    schemas = load_schemas(settings.schemas_dir)
+    requested_codec = schemas.codec("ChunkRequested")
+    record_codec = schemas.codec("ChunkRecord")
+    embed_codec = schemas.codec("EmbedRequested")
+    chunker = Chunker(
+        settings.chunking,
+        Splitter(counters, settings.chunking.max_tokens, settings.chunking.overlap_tokens),
+    )
+    source = app.topic(
+        settings.topic("chunk-requested"), key_serializer="raw", value_serializer="raw"
+    )
+    chunks_topic = settings.topic("chunks")
+    embed_topic = settings.topic("embed-requested")
+    # Chunk fingerprints per document key; co-partitioned with chunk-requested (same key).
+    documents = app.Table("documents", default=None, key_type=str, value_type=str, partitions=6)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="chunk")
+
+    @app.agent(source)
+    async def chunk(stream: faust.Stream) -> None:
+        async for event in stream.events():
+            try:
+                record = requested_codec.decode_any(event.value or b"")
+            except SchemaError as exc:
+                await (await _dead_letter(app, event, exc))
+                continue
+            doc_key = document_key(record["tenant"], record["doc_id"])
+            if event.key != doc_key.encode():
+                # The table only works if every event of a document lands on one partition.
+                await (
+                    await _send(
+                        app,
+                        event.message.topic,
+                        doc_key.encode(),
+                        event.value,
+                        list(event.message.headers or []),
+                    )
+                )
+                continue
+            previous = documents.get(doc_key)
+            kafka_time = datetime.fromtimestamp(event.message.timestamp, tz=UTC)
+            try:
+                out = await asyncio.get_running_loop().run_in_executor(
+                    pool,
+                    chunker.process,
+                    record,
+                    json.loads(previous) if previous else None,
+                    kafka_time,
+                )
+            except PermanentError as exc:
+                await (await _dead_letter(app, event, exc))
+                continue
+            futures = [
+                await _send(
+                    app,
+                    chunks_topic,
+                    key.encode(),
+                    record_codec.encode(value) if value is not None else None,
+                )
+                for key, value in out.chunk_records
+            ]
+            futures += [
+                await _send(app, embed_topic, doc_key.encode(), embed_codec.encode(request))
+                for request in out.embed_requests
+            ]
+            # Confirmed downstream before the state moves on and the offset can commit.
+            await asyncio.gather(*futures)
+            if out.state is None:
+                documents.pop(doc_key, None)
+            else:
+                documents[doc_key] = json.dumps(out.state)
+            log.info(
+                "chunked",
+                extra={
+                    "doc": doc_key,
+                    "changed": len(out.embed_requests),
+                    "unchanged": out.unchanged,
+                },
+            )
+
+    return app
+
+
+def prepare_targets(
+    store: WeaviateStore, settings: Settings, models: list[EmbeddingModel]
+) -> list[Target]:
+    """Create each target collection (refusing a dimension mismatch) and the alias if missing."""
+    targets = [Target(m, settings.collection_for(m.spec)) for m in models]
+    for target in targets:
+        store.ensure_collection(target.collection, target.model.dimension)
+    active = settings.collection_for(settings.model(settings.active_model))
+    alias = settings.weaviate.collection_prefix
+    if any(t.collection == active for t in targets) and store.alias_target(alias) is None:
+        store.point_alias(alias, active)
+    return targets
+
+
+def create_embedder_app(settings: Settings, embedder: Embedder) -> faust.App:
+    app = _faust_app(settings, "embedder")
+    schemas = load_schemas(settings.schemas_dir)
+    embed_codec = schemas.codec("EmbedRequested")
+    done_codec = schemas.codec("EmbedDone")
+    source = app.topic(
+        settings.topic("embed-requested"), key_serializer="raw", value_serializer="raw"
+    )
+    done_topic = settings.topic("embed-done")
+
+    @app.agent(source)
+    async def embed(stream: faust.Stream) -> None:
+        async for events in stream.take_events(
+            settings.embedder.max_events, within=settings.embedder.max_wait_s
+        ):
+            requests, kept, futures = [], [], []
+            for event in events:
+                try:
+                    requests.append(embed_codec.decode(event.value or b""))
+                    kept.append(event)
+                except SchemaError as exc:
+                    futures.append(await _dead_letter(app, event, exc))
+            result = await embedder.handle(requests)
+            for index, reason in result.failed.items():
+                futures.append(
+                    await _dead_letter(
+                        app, kept[index], PermanentError(reason, reason="weaviate_rejected")
+                    )
+                )
+            for done in result.done:
+                futures.append(
+                    await _send(
+                        app,
+                        done_topic,
+                        document_key(done["tenant"], done["doc_id"]).encode(),
+                        done_codec.encode(done),
+                    )
+                )
+            # take_events acks this batch when the next is requested: only after this point.
+            await asyncio.gather(*futures)
+
+    return app
+
+
+def load_models(settings: Settings) -> list[EmbeddingModel]:
+    try:
+        return [load_model(spec, settings.embedder.device) for spec in settings.target_models]
+    except ConfigurationError:
+        raise
+    except OSError as exc:
+        raise ConfigurationError(f"cannot load a model: {exc}") from exc
