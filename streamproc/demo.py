@@ -1,25 +1,43 @@
-"""`streamproc demo`: the main job end to end on the configured services."""
+"""`streamproc demo`: the main job end to end on the configured services.
+
+Services up (when local), topology applied, a worker started, the shipped corpus produced as
+ingest-complete events, a progress bar until every chunk has its embed-done, a search through
+the alias, and everything this run started stopped again.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
+import subprocess
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
+from pathlib import Path
 
 import typer
-from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition
+from tqdm import tqdm
 
 from streamproc.avro_codec import load_schemas
-from streamproc.kafka_io import producer
+from streamproc.chunking.extract import extract_sections
+from streamproc.chunking.split import Splitter
+from streamproc.errors import StreamprocError
+from streamproc.kafka_io import end_offsets, follow
 from streamproc.localservices.manager import LocalServices
-from streamproc.models import load_model
-from streamproc.naming import collection_name, object_uuid
-from streamproc.settings import Settings
+from streamproc.produce import Document, content_type, expand, produce_documents
+from streamproc.runner import worker_subprocess
+from streamproc.search import search_alias
+from streamproc.settings import REPO_ROOT, Settings
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
-from streamproc.weaviate_store import CONTENT_VECTOR, ChunkObject, WeaviateStore, connect
+from streamproc.workers import token_counters
+
+CORPUS = REPO_ROOT / "corpus" / "docs"
+TENANT = "demo"
+QUERIES = [
+    "When is the exit of a goroutine guaranteed to be observed by another goroutine?",
+    "What must a licensee do when redistributing the work?",
+]
 
 
 @contextmanager
@@ -40,82 +58,70 @@ def local_services(settings: Settings, manage: bool) -> Iterator[None]:
                 typer.echo(f"services: {line}")
 
 
+def expected_chunks(settings: Settings, docs: list[Document]) -> int:
+    splitter = Splitter(
+        token_counters(settings), settings.chunking.max_tokens, settings.chunking.overlap_tokens
+    )
+    return sum(
+        len(splitter.split(extract_sections(d.path.read_text(), content_type(d.path))))
+        for d in docs
+    )
+
+
 def run_demo(settings: Settings, manage_services: bool = True) -> None:
+    started = time.monotonic()
     with local_services(settings, manage_services):
         specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
         report = asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
-        typer.echo(f"topology: {len(report.changes)} change(s) applied, {len(specs)} topics")
-        event = asyncio.run(_event_round_trip(settings))
-        typer.echo(f"kafka: produced and read back event {event['event_id']} ({event['doc_id']})")
-        _index_and_search(settings, event)
+        typer.echo(f"topology: {len(specs)} topics, {len(report.changes)} change(s) applied")
+        docs = expand([str(CORPUS)])
+        total = expected_chunks(settings, docs) * len(settings.target_models)
+        start_offsets = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
+        log = settings.local.state_dir / "demo-worker.log"
+        with worker_subprocess(settings, "all", log) as proc:
+            typer.echo(f"worker: started (roles chunker and embedder); log: {log}")
+            # DELETE first, so a second run re-embeds everything and shows the same progress.
+            asyncio.run(produce_documents(settings, docs, TENANT, "DELETE"))
+            asyncio.run(produce_documents(settings, docs, TENANT, "UPSERT"))
+            typer.echo(f"produced {len(docs)} documents; waiting for {total} embed-done records")
+            asyncio.run(_await_embedded(settings, start_offsets, total, proc, log))
+            for query in QUERIES:
+                result = search_alias(settings, query, TENANT, 3)
+                typer.echo(f'\nsearch "{query}"\n  via alias {result.alias} -> {result.collection}')
+                for rank, hit in enumerate(result.hits, 1):
+                    where = " > ".join(hit.heading_path) or "(no heading)"
+                    typer.echo(f"  {rank}. {hit.score:.3f}  {hit.doc_id}  {where}")
+        typer.echo(f"worker: stopped (exit {proc.returncode}); its log: {log}")
+    typer.echo(f"\ndone in {time.monotonic() - started:.0f}s")
 
 
-async def _event_round_trip(settings: Settings) -> dict[str, object]:
-    codec = load_schemas(settings.schemas_dir).codec("ChunkRequested")
-    topic = settings.topic("chunk-requested")
-    event = codec.decode_json(
-        json.dumps(
-            {
-                "event_id": str(uuid.uuid4()),
-                "tenant": "demo",
-                "doc_id": "hello",
-                "content": "Kafka carries events; Weaviate answers vector queries.",
-            }
-        )
-    )
-    async with producer(settings) as prod:
-        meta = await prod.send_and_wait(topic, codec.encode(event), key=b"demo/hello")
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        from aiokafka import TopicPartition
-
-        tp = TopicPartition(topic, meta.partition)
-        consumer.assign([tp])
-        consumer.seek(tp, meta.offset)
-        record = await asyncio.wait_for(consumer.getone(), timeout=30)
-    finally:
-        await consumer.stop()
-    decoded = codec.decode(record.value)
-    assert decoded == event, "the event read back differs from the one produced"
-    return decoded
-
-
-def _index_and_search(settings: Settings, event: dict[str, object]) -> None:
-    spec = settings.model(settings.active_model)
-    model = load_model(spec)
-    text = str(event["content"])
-    vector = model.encode([text])[0]
-    name = collection_name(settings.weaviate.collection_prefix, spec.name, spec.version)
-    alias = settings.weaviate.collection_prefix
-    key = f"{event['tenant']}/{event['doc_id']}/demo/0"
-    with connect(settings.weaviate) as client:
-        store = WeaviateStore(client)
-        store.ensure_collection(name, model.dimension)
-        result = store.upsert(
-            name,
-            [
-                ChunkObject(
-                    uuid=object_uuid(key),
-                    tenant=str(event["tenant"]),
-                    properties={"chunk_key": key, "doc_id": event["doc_id"], "text": text},
-                    vectors={CONTENT_VECTOR: vector.tolist()},
-                )
-            ],
-        )
-        if result.failed:
-            raise RuntimeError(f"Weaviate refused the demo object: {result.failed}")
-        store.point_alias(alias, name)
-        query = model.encode(["which system answers vector queries?"])[0].tolist()
-        hits = (
-            client.collections.get(alias)
-            .with_tenant(str(event["tenant"]))
-            .query.near_vector(
-                query, target_vector=CONTENT_VECTOR, limit=3, return_metadata=["distance"]
-            )
-        )
-    typer.echo(f"weaviate: alias {alias} -> {name}; nearVector hits:")
-    for hit in hits.objects:
-        typer.echo(f"  {hit.metadata.distance:.3f}  {hit.properties['doc_id']}")
+async def _await_embedded(
+    settings: Settings,
+    start: dict[TopicPartition, int],
+    total: int,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+) -> None:
+    codec = load_schemas(settings.schemas_dir).codec("EmbedDone")
+    seen: set[tuple[str, str]] = set()
+    idle_since = time.monotonic()
+    with tqdm(total=total, desc="embedded", unit="chunk") as bar:
+        async with aclosing(follow(settings, start)) as polls:
+            async for records in polls:
+                for record in records:
+                    done = codec.decode(record.value)
+                    key = (done["chunk_key"], done["collection"])
+                    if (
+                        done["tenant"] == TENANT
+                        and done["status"] == "EMBEDDED"
+                        and key not in seen
+                    ):
+                        seen.add(key)
+                        bar.update(1)
+                        idle_since = time.monotonic()
+                if len(seen) >= total:
+                    return
+                if proc.poll() is not None:
+                    raise StreamprocError(f"the worker exited ({proc.returncode}); see {log}")
+                if time.monotonic() - idle_since > 300:
+                    raise StreamprocError(f"no progress for 5 minutes; see the worker log {log}")

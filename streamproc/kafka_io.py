@@ -124,8 +124,7 @@ async def read_to_end(
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
@@ -145,7 +144,40 @@ async def read_to_end(
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+async def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    """The high watermark of every partition of `topic`."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
+        return await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+
+
+async def follow(
+    settings: Settings, start: dict[TopicPartition, int]
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """Records from the `start` offsets on, one list per poll (empty when a second passed with
+    nothing), so callers can check their own deadlines between polls."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(start))
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            yield [record for records in batch.values() for record in records]
+    finally:
+        await consumer.stop()
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     await consumer._client.force_metadata_update()
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
 import sys
 import warnings
 
 
 def silence_dependency_warnings() -> None:
     """Hide import-time warnings of dependencies that a user can do nothing about."""
-    # authlib (via weaviate-client) forces its deprecation warnings to "always" when imported,
-    # so our filter only holds if it is added after that import.
+    # weaviate-client resets the filters to "default" and authlib forces its deprecation
+    # warnings to "always" when imported, so our filters only hold if added after both imports.
     import authlib.deprecate  # noqa: F401
+    import weaviate  # noqa: F401
 
     warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+    # Local services outlive the CLI call that starts them; their Popen objects are dropped
+    # on purpose.
+    warnings.filterwarnings(
+        "ignore", category=ResourceWarning, message=r"subprocess \d+ is still running"
+    )
 
 
 class _JsonFormatter(logging.Formatter):
@@ -35,11 +42,33 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def logging_config(level: int | str = logging.INFO) -> dict[str, object]:
+    """JSON lines when not on a terminal (what log shippers want), plain text on one.
+
+    A dictConfig, so the Faust worker (which otherwise installs its own colour handler) gets
+    exactly the same set-up.
+    """
+    formatter: dict[str, object] = (
+        {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+        if sys.stderr.isatty()
+        else {"()": _JsonFormatter}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": level, "handlers": ["default"]},
+        # One line per HTTP request to Weaviate is noise at INFO.
+        "loggers": {"httpx": {"level": "WARNING"}},
+    }
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """JSON lines when not on a terminal (what log shippers want), plain text on one."""
-    handler = logging.StreamHandler(sys.stderr)
-    if not sys.stderr.isatty():
-        handler.setFormatter(_JsonFormatter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    # One line per HTTP request to Weaviate is noise at INFO.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.config.dictConfig(logging_config(level))

@@ -66,7 +66,10 @@ def load_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
     """Load and check a registry entry; refuse to start when reality disagrees with it."""
     import torch
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    # A progress bar per model load is noise in worker logs and between search results.
+    hf_logging.disable_progress_bar()
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = resolve_source(spec.source)
     model = SentenceTransformer(source, device=chosen, revision=spec.revision)

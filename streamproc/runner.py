@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faust
 import yaml
 
+from streamproc.logs import logging_config
 from streamproc.settings import Settings
 
 
@@ -42,7 +45,13 @@ def run_role(settings: Settings, role: str) -> None:
 
 
 def _run(app: faust.App) -> None:
-    worker = faust.Worker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(
+        app,
+        loglevel="INFO",
+        quiet=True,
+        redirect_stdouts=False,
+        logging_config=logging_config("INFO"),
+    )
     worker.execute_from_commandline()
 
 
@@ -57,6 +66,32 @@ def settings_file(settings: Settings) -> Path:
 
 def worker_argv(role: str) -> list[str]:
     return [sys.executable, "-m", "streamproc", "worker", "--role", role]
+
+
+@contextmanager
+def worker_subprocess(
+    settings: Settings, role: str, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`streamproc worker --role ROLE` with exactly these settings, stopped on exit."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    config = settings_file(settings)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            worker_argv(role),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "STREAMPROC_CONFIG": str(config)},
+        )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        config.unlink(missing_ok=True)
 
 
 def run_all(settings: Settings, roles: tuple[str, ...]) -> int:

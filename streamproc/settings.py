@@ -7,6 +7,7 @@ The file is named by `STREAMPROC_CONFIG`; environment variables win over it.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from streamproc.naming import collection_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,8 +176,6 @@ class Settings(BaseSettings):
         return [self.model(n) for n in names]
 
     def collection_for(self, spec: ModelSpec) -> str:
-        from streamproc.naming import collection_name
-
         return collection_name(self.weaviate.collection_prefix, spec.name, spec.version)
 
     def model(self, name: str) -> ModelSpec:
@@ -185,6 +186,18 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.kafka.topic_prefix}{name}"
+
+    def isolated(self, data_dir: Path, **updates: Any) -> Settings:
+        """Own topic prefix, collection prefix, consumer groups and worker state on the same
+        services: what tests and benchmarks use so runs never see each other's data."""
+        tag = uuid.uuid4().hex[:8]
+        data = self.model_dump()
+        data["kafka"]["topic_prefix"] = f"t{tag}."
+        data["weaviate"]["collection_prefix"] = f"T{tag}"
+        data["worker"]["app_id"] = f"sp{tag}"
+        data["worker"]["data_dir"] = data_dir
+        data.update(updates)
+        return Settings(**data)
 
     @classmethod
     def settings_customise_sources(

@@ -48,8 +48,9 @@ def _faust_app(settings: Settings, role: str) -> faust.App:
         producer_acks=-1,
         broker_commit_interval=worker.commit_interval_s,
         processing_guarantee="at_least_once",
-        # The embedder holds a batch while Weaviate is down; do not count that as a hang.
-        broker_session_timeout=60.0,
+        # Heartbeats run beside processing, so a short session only speeds up failover.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         stream_recovery_delay=0.0,
     )
 

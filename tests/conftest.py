@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,18 +35,6 @@ def service_settings() -> Iterator[Settings]:
         manager.__exit__(None, None, None)
 
 
-def namespaced(base: Settings, data_dir: Path, **updates: object) -> Settings:
-    """Own topic prefix, collection prefix, consumer groups and worker state on shared services."""
-    tag = uuid.uuid4().hex[:8]
-    data = base.model_dump()
-    data["kafka"]["topic_prefix"] = f"t{tag}."
-    data["weaviate"]["collection_prefix"] = f"T{tag}"
-    data["worker"]["app_id"] = f"sp{tag}"
-    data["worker"]["data_dir"] = data_dir
-    data.update(updates)
-    return Settings(**data)
-
-
 def with_topics(settings: Settings) -> Settings:
     specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
     asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
@@ -56,7 +43,7 @@ def with_topics(settings: Settings) -> Settings:
 
 @pytest.fixture
 def settings(service_settings: Settings, tmp_path: Path) -> Settings:
-    return namespaced(service_settings, tmp_path / "worker")
+    return service_settings.isolated(tmp_path / "worker")
 
 
 @pytest.fixture

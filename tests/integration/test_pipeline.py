@@ -12,18 +12,16 @@ from typing import Any
 import pytest
 
 from streamproc.chunking.changes import compare, fingerprint
-from streamproc.chunking.extract import extract_sections
-from streamproc.chunking.split import Splitter
 from streamproc.search import search_alias
 from streamproc.settings import Settings
 from streamproc.verify import verify_collection
 from streamproc.weaviate_store import WeaviateStore, connect
-from streamproc.workers import token_counters
-from tests.conftest import namespaced, with_topics
+from tests.conftest import with_topics
 from tests.pipeline_support import (
     CORPUS,
     collect,
     event,
+    expected_chunks,
     produce_events,
     produce_raw,
     projected_model,
@@ -41,8 +39,7 @@ def pipeline(
 ) -> Iterator[Settings]:
     base = tmp_path_factory.mktemp("pipeline")
     second = projected_model(service_settings.local.cache_dir)
-    settings = namespaced(
-        service_settings,
+    settings = service_settings.isolated(
         base / "worker",
         models=[*service_settings.models, second],
         embedder={
@@ -59,17 +56,6 @@ def pipeline(
     with running_workers(settings, base) as workers:
         yield settings
         assert all(p.poll() is None for p in workers.procs.values()), "a worker died"
-
-
-def _expected_chunks(settings: Settings, text: str, content_type: str) -> list[tuple[str, str]]:
-    """(heading path, text) of each chunk, computed by the same pure code the chunker runs."""
-    splitter = Splitter(
-        token_counters(settings), settings.chunking.max_tokens, settings.chunking.overlap_tokens
-    )
-    return [
-        (" > ".join(d.heading_path), d.text)
-        for d in splitter.split(extract_sections(text, content_type))
-    ]
 
 
 def _done_for(values: list[Any], tenant: str, doc_id: str | None = None) -> list[dict[str, Any]]:
@@ -106,7 +92,7 @@ def test_documents_become_exactly_their_chunks_in_every_collection(pipeline: Set
         "apache-license-2.0.txt": "text/plain",
     }
     expected = {
-        name: _expected_chunks(pipeline, (CORPUS / name).read_text(), kind)
+        name: expected_chunks(pipeline, (CORPUS / name).read_text(), kind)
         for name, kind in docs.items()
     }
     produce_events(
@@ -158,7 +144,7 @@ def test_update_reembeds_only_changed_chunks_and_shrink_deletes(pipeline: Settin
     v3 = v2[: v2.index("## Part 4")]
 
     def fps(text: str) -> dict[str, str]:
-        chunks = _expected_chunks(pipeline, text, "text/markdown")
+        chunks = expected_chunks(pipeline, text, "text/markdown")
         return {
             str(i): fingerprint(h.split(" > ") if h else [], t) for i, (h, t) in enumerate(chunks)
         }
@@ -189,7 +175,7 @@ def test_update_reembeds_only_changed_chunks_and_shrink_deletes(pipeline: Settin
 
 def test_delete_removes_every_chunk_from_every_collection(pipeline: Settings) -> None:
     text = (CORPUS / "godebug.md").read_text()
-    chunks = len(_expected_chunks(pipeline, text, "text/markdown"))
+    chunks = len(expected_chunks(pipeline, text, "text/markdown"))
     produce_events(pipeline, [event("del", "doc", text), event("del", "doc", None, op="DELETE")])
     values = collect(
         pipeline,

@@ -1,0 +1,358 @@
+"""Embedding throughput and ingest-to-searchable latency, measured side by side in one run.
+
+    .venv/bin/python -m bench.pipeline            # local services (started if down)
+    .venv/bin/python -m bench.pipeline --external # the services the settings point at
+
+On the same chunks of the shipped corpus it measures:
+  raw       `SentenceTransformer.encode` over all chunk texts (batch size 32, its default);
+  naive     what a user would write first: a Kafka-less loop that encodes one chunk and inserts
+            it into Weaviate before the next (on a subset, it is slow);
+  pipeline  the real embedder worker, from the first `embed-requested` produced to the last
+            `embed-done` read back (Avro, Kafka, Weaviate writes and commits included);
+and then ingest-to-searchable latency: single-chunk documents produced to `chunk-requested` at
+half of the measured pipeline rate, timed to their `embed-done` (emitted only after Weaviate
+confirmed the write, and Weaviate indexes synchronously, so the chunk is searchable by then).
+Medians of several repeats; numbers go to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import aclosing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import psutil
+import typer
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streamproc.avro_codec import load_schemas
+from streamproc.chunking.extract import extract_sections
+from streamproc.chunking.split import Splitter
+from streamproc.demo import CORPUS, local_services
+from streamproc.errors import StreamprocError
+from streamproc.kafka_io import end_offsets, follow, producer
+from streamproc.logs import silence_dependency_warnings
+from streamproc.models import load_model
+from streamproc.naming import document_key, object_uuid
+from streamproc.pipeline.chunker import Chunker
+from streamproc.produce import event_for, expand
+from streamproc.runner import worker_subprocess
+from streamproc.settings import REPO_ROOT, Settings
+from streamproc.topology import load_topology
+from streamproc.topology.kafka_admin import reconcile
+from streamproc.weaviate_store import CONTENT_VECTOR, ChunkObject, WeaviateStore, connect
+from streamproc.workers import token_counters
+
+RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
+TENANT = "bench"
+RAW_BATCH = 32
+
+app = typer.Typer(add_completion=False)
+
+
+def make_requests(settings: Settings, copies: int) -> list[tuple[bytes, dict[str, Any]]]:
+    """(key, embed request) for every chunk of `copies` copies of the corpus, made by the same
+    pure chunker the worker runs."""
+    codec = load_schemas(settings.schemas_dir).codec("ChunkRequested")
+    chunker = Chunker(
+        settings.chunking,
+        Splitter(
+            token_counters(settings),
+            settings.chunking.max_tokens,
+            settings.chunking.overlap_tokens,
+        ),
+    )
+    now = datetime.now(UTC)
+    out = []
+    for copy in range(copies):
+        for doc in expand([str(CORPUS)]):
+            event = {**event_for(doc, TENANT), "doc_id": f"copy{copy}/{doc.doc_id}"}
+            record = codec.decode_json(json.dumps(event))
+            key = document_key(TENANT, record["doc_id"]).encode()
+            out += [(key, r) for r in chunker.process(record, None, now).embed_requests]
+    return out
+
+
+def bench_raw(settings: Settings, texts: list[str], repeats: int) -> list[float]:
+    model = load_model(settings.model(settings.active_model), settings.embedder.device).model
+    model.encode(texts[:RAW_BATCH], batch_size=RAW_BATCH)  # warm-up: lazy init, allocator
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.encode(texts, batch_size=RAW_BATCH, normalize_embeddings=True)
+        rates.append(len(texts) / (time.perf_counter() - started))
+    return rates
+
+
+def bench_naive(settings: Settings, requests: list[dict[str, Any]]) -> float:
+    """One encode and one insert per chunk, into a scratch collection."""
+    model = load_model(settings.model(settings.active_model), settings.embedder.device)
+    collection = f"{settings.weaviate.collection_prefix}_naive"
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        store.ensure_collection(collection, model.dimension)
+        model.encode([requests[0]["chunk"]["text"]])
+        started = time.perf_counter()
+        for request in requests:
+            chunk = request["chunk"]
+            vector = model.encode([chunk["text"]])[0].tolist()
+            store.upsert(
+                collection,
+                [
+                    ChunkObject(
+                        uuid=object_uuid(chunk["chunk_key"]),
+                        tenant=chunk["tenant"],
+                        properties={"chunk_key": chunk["chunk_key"], "text": chunk["text"]},
+                        vectors={CONTENT_VECTOR: vector},
+                    )
+                ],
+            )
+        return len(requests) / (time.perf_counter() - started)
+
+
+async def _wait_done(
+    settings: Settings,
+    start: dict[TopicPartition, int],
+    want: Callable[[dict[str, Any]], bool],
+    count: int,
+    proc_alive: Callable[[], bool],
+    timeout: float = 600.0,
+) -> list[tuple[int, dict[str, Any]]]:
+    """(Kafka timestamp ms, record) of the first `count` embed-done records `want` accepts."""
+    codec = load_schemas(settings.schemas_dir).codec("EmbedDone")
+    got: list[tuple[int, dict[str, Any]]] = []
+    deadline = time.monotonic() + timeout
+    async with aclosing(follow(settings, start)) as polls:
+        async for records in polls:
+            for record in records:
+                done = codec.decode(record.value)
+                if want(done):
+                    got.append((record.timestamp, done))
+            if len(got) >= count:
+                return got
+            if not proc_alive():
+                raise StreamprocError("the worker exited during the benchmark; see its log")
+            if time.monotonic() > deadline:
+                raise StreamprocError(f"only {len(got)}/{count} embed-done within {timeout:.0f}s")
+    raise AssertionError("unreachable: follow() never ends")
+
+
+async def _produce(settings: Settings, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+    async with producer(settings) as prod:
+        futures = [await prod.send(settings.topic(topic), value, key=key) for key, value in items]
+        await asyncio.gather(*futures)
+
+
+def bench_pipeline(
+    settings: Settings, requests: list[tuple[bytes, dict[str, Any]]], repeats: int, alive: Any
+) -> list[float]:
+    codec = load_schemas(settings.schemas_dir).codec("EmbedRequested")
+    items = [(key, codec.encode(r)) for key, r in requests]
+    rates = []
+    for _ in range(repeats):
+        start = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
+        started = time.perf_counter()
+        asyncio.run(_produce(settings, "embed-requested", items))
+        asyncio.run(_wait_done(settings, start, lambda d: d["tenant"] == TENANT, len(items), alive))
+        rates.append(len(items) / (time.perf_counter() - started))
+    return rates
+
+
+def single_chunk_texts(settings: Settings, texts: list[str]) -> list[str]:
+    splitter = Splitter(
+        token_counters(settings), settings.chunking.max_tokens, settings.chunking.overlap_tokens
+    )
+    return [t for t in texts if len(splitter.split(extract_sections(t, "text/plain"))) == 1]
+
+
+async def _paced(
+    settings: Settings, events: list[tuple[bytes, bytes]], rate: float
+) -> dict[bytes, float]:
+    """Produce at `rate` events a second; the wall time each was handed to the producer."""
+    sent: dict[bytes, float] = {}
+    async with producer(settings) as prod:
+        futures = []
+        origin = time.monotonic()
+        for i, (key, value) in enumerate(events):
+            # Pacing an open-loop load generator, not waiting for readiness.
+            await asyncio.sleep(max(0.0, origin + i / rate - time.monotonic()))
+            sent[key] = time.time()
+            futures.append(await prod.send(settings.topic("chunk-requested"), value, key=key))
+        await asyncio.gather(*futures)
+    return sent
+
+
+def bench_latency(
+    settings: Settings, texts: list[str], rate: float, seconds: float, alive: Any
+) -> list[float]:
+    codec = load_schemas(settings.schemas_dir).codec("ChunkRequested")
+    count = max(10, int(rate * seconds))
+    events = []
+    for i in range(count):
+        doc_id = f"latency/{i}"
+        event = {
+            "event_id": doc_id,
+            "tenant": TENANT,
+            "doc_id": doc_id,
+            "content": texts[i % len(texts)] + f"\n\n(copy {i})",
+            "content_type": "text/plain",
+        }
+        events.append(
+            (
+                document_key(TENANT, doc_id).encode(),
+                codec.encode(codec.decode_json(json.dumps(event))),
+            )
+        )
+    start = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
+    sent = asyncio.run(_paced(settings, events, rate))
+    done = asyncio.run(
+        _wait_done(
+            settings, start, lambda d: d["doc_id"].startswith("latency/"), len(events), alive
+        )
+    )
+    return [ts / 1000 - sent[document_key(TENANT, d["doc_id"]).encode()] for ts, d in done]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": psutil.cpu_count(logical=True),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+async def _drop_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(settings.kafka.topic_prefix)]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
+def _drop_collections(settings: Settings) -> None:
+    with connect(settings.weaviate) as client:
+        for name in client.collections.list_all():
+            if name.startswith(settings.weaviate.collection_prefix):
+                client.collections.delete(name)
+        client.alias.delete(alias_name=settings.weaviate.collection_prefix)
+
+
+@app.command()
+def main(
+    copies: Annotated[int, typer.Option(help="Copies of the corpus (about 210 chunks each).")] = 2,
+    repeats: Annotated[int, typer.Option(help="Runs per throughput figure; medians reported.")] = 3,
+    naive_chunks: Annotated[int, typer.Option(help="Chunks for the one-at-a-time loop.")] = 64,
+    latency_seconds: Annotated[
+        float, typer.Option(help="How long to produce at half saturation.")
+    ] = 30.0,
+    external: Annotated[bool, typer.Option(help="Use the services the settings point at.")] = False,
+    out: Annotated[Path, typer.Option(help="Where the JSON goes.")] = RESULTS,
+) -> None:
+    silence_dependency_warnings()
+    base = Settings()
+    with tempfile.TemporaryDirectory() as tmp, local_services(base, manage=not external):
+        settings = base.isolated(Path(tmp) / "worker")
+        specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
+        asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
+        try:
+            results = _run(settings, copies, repeats, naive_chunks, latency_seconds, Path(tmp))
+        finally:
+            asyncio.run(_drop_topics(settings))
+            _drop_collections(settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    typer.echo(json.dumps(results["summary"], indent=2))
+    typer.echo(f"written to {out}")
+
+
+def _run(
+    settings: Settings,
+    copies: int,
+    repeats: int,
+    naive_chunks: int,
+    latency_seconds: float,
+    tmp: Path,
+) -> dict[str, Any]:
+    requests = make_requests(settings, copies)
+    texts = [r["chunk"]["text"] for _, r in requests]
+    typer.echo(f"{len(requests)} chunks from {copies} copies of the corpus")
+
+    raw = bench_raw(settings, texts, repeats)
+    typer.echo(f"raw encode: {statistics.median(raw):.1f} chunks/s")
+    naive = bench_naive(settings, [r for _, r in requests[:naive_chunks]])
+    typer.echo(f"naive loop: {naive:.1f} chunks/s")
+
+    log = tmp / "worker.log"
+    with worker_subprocess(settings, "all", log) as proc:
+        alive = lambda: proc.poll() is None  # noqa: E731
+        # Warm-up, which is also the readiness check: one document all the way through.
+        warm = single_chunk_texts(settings, texts[:20])[:1]
+        bench_latency(settings, warm, rate=10.0, seconds=0.0, alive=alive)
+        pipeline = bench_pipeline(settings, requests, repeats, alive)
+        rate = statistics.median(pipeline)
+        typer.echo(f"pipeline: {rate:.1f} chunks/s")
+        latencies = bench_latency(
+            settings, single_chunk_texts(settings, texts), rate / 2, latency_seconds, alive
+        )
+
+    summary = {
+        "chunks": len(requests),
+        "raw_encode_chunks_per_s": round(statistics.median(raw), 1),
+        "pipeline_chunks_per_s": round(rate, 1),
+        "pipeline_over_raw": round(rate / statistics.median(raw), 3),
+        "naive_loop_chunks_per_s": round(naive, 1),
+        "pipeline_over_naive": round(rate / naive, 2),
+        "latency_rate_chunks_per_s": round(rate / 2, 1),
+        "ingest_to_searchable_p50_s": round(_percentile(latencies, 50), 3),
+        "ingest_to_searchable_p99_s": round(_percentile(latencies, 99), 3),
+    }
+    return {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "model": settings.active_model,
+        "embedder": settings.embedder.model_dump(mode="json"),
+        "chunking": settings.chunking.model_dump(mode="json"),
+        "summary": summary,
+        "runs": {
+            "raw_encode_chunks_per_s": [round(r, 1) for r in raw],
+            "pipeline_chunks_per_s": [round(r, 1) for r in pipeline],
+            "latency_samples": len(latencies),
+        },
+        "env": {k: v for k, v in os.environ.items() if k.startswith("STREAMPROC_")},
+    }
+
+
+if __name__ == "__main__":
+    app()
