@@ -41,8 +41,7 @@ from streamproc.chunking.split import Splitter
 from streamproc.demo import CORPUS, local_services
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import end_offsets, follow, producer
-from streamproc.logs import silence_dependency_warnings
-from streamproc.models import load_model
+from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import document_key, object_uuid
 from streamproc.pipeline.chunker import Chunker
 from streamproc.produce import event_for, expand
@@ -83,20 +82,14 @@ def make_requests(settings: Settings, copies: int) -> list[tuple[bytes, dict[str
     return out
 
 
-def bench_raw(settings: Settings, texts: list[str], repeats: int) -> list[float]:
-    model = load_model(settings.model(settings.active_model), settings.embedder.device).model
-    model.encode(texts[:RAW_BATCH], batch_size=RAW_BATCH)  # warm-up: lazy init, allocator
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model.encode(texts, batch_size=RAW_BATCH, normalize_embeddings=True)
-        rates.append(len(texts) / (time.perf_counter() - started))
-    return rates
+def bench_raw(model: Any, texts: list[str]) -> float:
+    started = time.perf_counter()
+    model.encode(texts, batch_size=RAW_BATCH, normalize_embeddings=True)
+    return len(texts) / (time.perf_counter() - started)
 
 
-def bench_naive(settings: Settings, requests: list[dict[str, Any]]) -> float:
+def bench_naive(settings: Settings, model: EmbeddingModel, requests: list[dict[str, Any]]) -> float:
     """One encode and one insert per chunk, into a scratch collection."""
-    model = load_model(settings.model(settings.active_model), settings.embedder.device)
     collection = f"{settings.weaviate.collection_prefix}_naive"
     with connect(settings.weaviate) as client:
         store = WeaviateStore(client)
@@ -154,18 +147,13 @@ async def _produce(settings: Settings, topic: str, items: list[tuple[bytes, byte
 
 
 def bench_pipeline(
-    settings: Settings, requests: list[tuple[bytes, dict[str, Any]]], repeats: int, alive: Any
-) -> list[float]:
-    codec = load_schemas(settings.schemas_dir).codec("EmbedRequested")
-    items = [(key, codec.encode(r)) for key, r in requests]
-    rates = []
-    for _ in range(repeats):
-        start = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
-        started = time.perf_counter()
-        asyncio.run(_produce(settings, "embed-requested", items))
-        asyncio.run(_wait_done(settings, start, lambda d: d["tenant"] == TENANT, len(items), alive))
-        rates.append(len(items) / (time.perf_counter() - started))
-    return rates
+    settings: Settings, items: list[tuple[bytes, bytes]], alive: Callable[[], bool]
+) -> float:
+    start = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
+    started = time.perf_counter()
+    asyncio.run(_produce(settings, "embed-requested", items))
+    asyncio.run(_wait_done(settings, start, lambda d: d["tenant"] == TENANT, len(items), alive))
+    return len(items) / (time.perf_counter() - started)
 
 
 def single_chunk_texts(settings: Settings, texts: list[str]) -> list[str]:
@@ -272,7 +260,7 @@ def _drop_collections(settings: Settings) -> None:
 @app.command()
 def main(
     copies: Annotated[int, typer.Option(help="Copies of the corpus (about 210 chunks each).")] = 2,
-    repeats: Annotated[int, typer.Option(help="Runs per throughput figure; medians reported.")] = 3,
+    repeats: Annotated[int, typer.Option(help="Runs per throughput figure; medians reported.")] = 5,
     naive_chunks: Annotated[int, typer.Option(help="Chunks for the one-at-a-time loop.")] = 64,
     latency_seconds: Annotated[
         float, typer.Option(help="How long to produce at half saturation.")
@@ -280,7 +268,6 @@ def main(
     external: Annotated[bool, typer.Option(help="Use the services the settings point at.")] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON goes.")] = RESULTS,
 ) -> None:
-    silence_dependency_warnings()
     base = Settings()
     with tempfile.TemporaryDirectory() as tmp, local_services(base, manage=not external):
         settings = base.isolated(Path(tmp) / "worker")
@@ -309,20 +296,27 @@ def _run(
     texts = [r["chunk"]["text"] for _, r in requests]
     typer.echo(f"{len(requests)} chunks from {copies} copies of the corpus")
 
-    raw = bench_raw(settings, texts, repeats)
-    typer.echo(f"raw encode: {statistics.median(raw):.1f} chunks/s")
-    naive = bench_naive(settings, [r for _, r in requests[:naive_chunks]])
+    loaded = load_model(settings.model(settings.active_model), settings.embedder.device)
+    model = loaded.model
+    model.encode(texts[:RAW_BATCH], batch_size=RAW_BATCH)  # warm-up: lazy init, allocator
+    naive = bench_naive(settings, loaded, [r for _, r in requests[:naive_chunks]])
     typer.echo(f"naive loop: {naive:.1f} chunks/s")
 
+    codec = load_schemas(settings.schemas_dir).codec("EmbedRequested")
+    items = [(key, codec.encode(r)) for key, r in requests]
+    raw, pipeline = [], []
     log = tmp / "worker.log"
     with worker_subprocess(settings, "all", log) as proc:
         alive = lambda: proc.poll() is None  # noqa: E731
         # Warm-up, which is also the readiness check: one document all the way through.
         warm = single_chunk_texts(settings, texts[:20])[:1]
         bench_latency(settings, warm, rate=10.0, seconds=0.0, alive=alive)
-        pipeline = bench_pipeline(settings, requests, repeats, alive)
+        # Interleaved, so drift on a shared machine hits both sides alike.
+        for _ in range(repeats):
+            raw.append(bench_raw(model, texts))
+            pipeline.append(bench_pipeline(settings, items, alive))
+            typer.echo(f"raw encode {raw[-1]:.1f} chunks/s, pipeline {pipeline[-1]:.1f} chunks/s")
         rate = statistics.median(pipeline)
-        typer.echo(f"pipeline: {rate:.1f} chunks/s")
         latencies = bench_latency(
             settings, single_chunk_texts(settings, texts), rate / 2, latency_seconds, alive
         )

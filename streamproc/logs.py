@@ -11,11 +11,18 @@ import warnings
 
 def silence_dependency_warnings() -> None:
     """Hide import-time warnings of dependencies that a user can do nothing about."""
-    # weaviate-client resets the filters to "default" and authlib forces its deprecation
-    # warnings to "always" when imported, so our filters only hold if added after both imports.
+    # authlib forces its deprecation warnings to "always" when imported, and weaviate-client
+    # imports authlib (which warns) and then resets every filter to "default"; so the filters
+    # go in after authlib's import, and again after weaviate's.
     import authlib.deprecate  # noqa: F401
+
+    _add_filters()
     import weaviate  # noqa: F401
 
+    _add_filters()
+
+
+def _add_filters() -> None:
     warnings.filterwarnings("ignore", message="The httpx module is deprecated")
     # Local services outlive the CLI call that starts them; their Popen objects are dropped
     # on purpose.

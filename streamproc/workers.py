@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -226,6 +227,7 @@ def create_embedder_app(settings: Settings, embedder: Embedder) -> faust.App:
         async for events in stream.take_events(
             settings.embedder.max_events, within=settings.embedder.max_wait_s
         ):
+            started = time.perf_counter()
             requests, kept, futures = [], [], []
             for event in events:
                 try:
@@ -251,6 +253,17 @@ def create_embedder_app(settings: Settings, embedder: Embedder) -> faust.App:
                 )
             # take_events acks this batch when the next is requested: only after this point.
             await asyncio.gather(*futures)
+            log.info(
+                "embedded batch",
+                extra={
+                    "events": len(events),
+                    "done": len(result.done),
+                    "failed": len(result.failed),
+                    "encode_s": round(result.encode_seconds, 3),
+                    "write_s": round(result.write_seconds, 3),
+                    "batch_s": round(time.perf_counter() - started, 3),
+                },
+            )
 
     return app
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
+import numpy as np
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 from weaviate.exceptions import WeaviateBaseError
 
@@ -32,6 +34,8 @@ T = TypeVar("T")
 
 # Object-level rejections are retried this often before the request goes to the DLQ.
 OBJECT_ATTEMPTS = 3
+# Heading vectors kept per target collection (a few MB at 384 dimensions).
+HEADING_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class Embedder:
         self.settings = settings
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="weaviate")
+        self._heading_cache: dict[str, OrderedDict[str, np.ndarray]] = {}
 
     def close(self) -> None:
         self._encode_pool.shutdown(wait=True)
@@ -93,18 +98,7 @@ class Embedder:
             chunks = [requests[i]["chunk"] for i in members]
             started = time.perf_counter()
             vectors = await self._run(self._encode_pool, model.encode, [c["text"] for c in chunks])
-            headings = sorted({heading_text(c["heading_path"]) for c in chunks} - {""})
-            heading_vectors = (
-                dict(
-                    zip(
-                        headings,
-                        await self._run(self._encode_pool, model.encode, headings),
-                        strict=True,
-                    )
-                )
-                if headings
-                else {}
-            )
+            heading_vectors = await self._heading_vectors(target, chunks)
             result.encode_seconds += time.perf_counter() - started
             objects = [
                 self._object(target, chunk, vector.tolist(), heading_vectors)
@@ -115,6 +109,23 @@ class Embedder:
                 asyncio.ensure_future(self._write(target, members, requests, objects, result))
             )
         await asyncio.gather(*writes)
+
+    async def _heading_vectors(
+        self, target: Target, chunks: Sequence[dict[str, Any]]
+    ) -> dict[str, np.ndarray]:
+        """Vectors of the chunks' heading paths. Headings repeat across the chunks of a section
+        and across batches, so they are cached per target instead of encoded again."""
+        cache = self._heading_cache.setdefault(target.collection, OrderedDict())
+        wanted = {heading_text(c["heading_path"]) for c in chunks} - {""}
+        missing = sorted(wanted - cache.keys())
+        if missing:
+            vectors = await self._run(self._encode_pool, target.model.encode, missing)
+            cache.update(zip(missing, vectors, strict=True))
+        for heading in wanted:
+            cache.move_to_end(heading)
+        while len(cache) > HEADING_CACHE_SIZE:
+            cache.popitem(last=False)
+        return {heading: cache[heading] for heading in wanted}
 
     async def _write(
         self,
