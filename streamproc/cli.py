@@ -186,9 +186,11 @@ def produce(
     delete: Annotated[bool, typer.Option("--delete", help="Send op=DELETE events")] = False,
 ) -> None:
     """Publish one ingest-complete event per document to chunk-requested."""
+    from streamproc import telemetry
     from streamproc.produce import expand, produce_documents
 
     settings = _settings()
+    telemetry.setup(settings.telemetry, "streamproc-produce")
     try:
         docs = expand(paths)
         sent = asyncio.run(

@@ -8,6 +8,8 @@ import logging.config
 import sys
 import warnings
 
+from opentelemetry import trace
+
 
 def silence_dependency_warnings() -> None:
     """Hide import-time warnings of dependencies that a user can do nothing about."""
@@ -44,6 +46,10 @@ class _JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             **{k: v for k, v in record.__dict__.items() if k not in self._STANDARD},
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
         if record.exc_info:
             entry["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
         return json.dumps(entry, default=str)

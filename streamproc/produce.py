@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from tqdm import tqdm
 
+from streamproc import telemetry
 from streamproc.avro_codec import load_schemas
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import producer
@@ -97,6 +99,18 @@ async def produce_documents(settings: Settings, docs: list[Document], tenant: st
         for doc in tqdm(docs, desc="producing", unit="doc", disable=len(docs) < 2):
             event = event_for(doc, tenant, op)
             key = document_key(tenant, doc.doc_id).encode()
-            futures.append(await prod.send(topic, codec.encode(event), key=key))
+            # The root of the document's trace: every agent continues it from these headers.
+            with telemetry.tracer.start_as_current_span(
+                f"send {topic}",
+                kind=SpanKind.PRODUCER,
+                attributes=telemetry.publish_attributes(
+                    topic, **{"streamproc.tenant": tenant, "streamproc.doc_id": doc.doc_id}
+                ),
+            ):
+                futures.append(
+                    await prod.send(
+                        topic, codec.encode(event), key=key, headers=telemetry.kafka_headers()
+                    )
+                )
         await asyncio.gather(*futures)
     return len(futures)

@@ -15,6 +15,7 @@ from pathlib import Path
 import faust
 import yaml
 
+from streamproc import telemetry
 from streamproc.logs import logging_config
 from streamproc.settings import Settings
 
@@ -31,6 +32,7 @@ def run_role(settings: Settings, role: str) -> None:
         token_counters,
     )
 
+    telemetry.setup(settings.telemetry, f"streamproc-{role}")
     if role == "chunker":
         _run(create_chunker_app(settings, token_counters(settings)))
         return
@@ -98,7 +100,19 @@ def run_all(settings: Settings, roles: tuple[str, ...]) -> int:
     """One child per role; SIGINT/SIGTERM are passed on; the first child to fail stops the rest."""
     config = settings_file(settings)
     env = {"STREAMPROC_CONFIG": str(config)}
-    children = [subprocess.Popen(worker_argv(role), env={**os.environ, **env}) for role in roles]
+    port = settings.telemetry.prometheus_port
+    children = [
+        subprocess.Popen(
+            worker_argv(role),
+            env={
+                **os.environ,
+                **env,
+                # One scrape endpoint per process: the roles share this host.
+                **({"STREAMPROC_TELEMETRY__PROMETHEUS_PORT": str(port + i)} if port else {}),
+            },
+        )
+        for i, role in enumerate(roles)
+    ]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:

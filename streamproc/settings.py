@@ -129,6 +129,16 @@ class EmbedderSettings(BaseModel):
     pii_mode: bool = False
 
 
+class TelemetrySettings(BaseModel):
+    # Off, only OpenTelemetry's no-op API runs. The exporters themselves are configured with
+    # the standard OTEL_* variables (endpoint, protocol headers, sampler, service name).
+    enabled: bool = False
+    # A Prometheus scrape endpoint per worker process; `worker --role all` gives each role
+    # its own port, counting up from this one.
+    prometheus_port: int | None = None
+    prometheus_host: str = "127.0.0.1"
+
+
 class WorkerSettings(BaseModel):
     # Consumer groups are `{app_id}-chunker` and `{app_id}-embedder`.
     app_id: str = "streamproc"
@@ -151,6 +161,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     models: list[ModelSpec] = Field(default_factory=_default_models)
     # The model whose collection the alias serves and that live traffic embeds with.
     active_model: str = "all-minilm-l6-v2"

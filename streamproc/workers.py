@@ -13,7 +13,11 @@ from typing import Any
 
 import faust
 from faust.types import EventT
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanKind
 
+from streamproc import telemetry
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.split import Splitter
 from streamproc.chunking.tokenizers import HFTokenCounter
@@ -26,6 +30,7 @@ from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore
 
 log = logging.getLogger(__name__)
+tracer = telemetry.tracer
 
 ROLES = ("chunker", "embedder")
 DLQ_SUFFIX = ".dlq"
@@ -84,13 +89,16 @@ async def _send(
 
 async def _dead_letter(app: faust.App, event: EventT, error: Exception) -> Awaitable[Any]:
     message = event.message
+    reason = str(getattr(error, "reason", type(error).__name__))
+    telemetry.record_error(trace.get_current_span(), error)
+    telemetry.dlq_counter.add(1, {"reason": reason, "topic": message.topic})
     log.warning(
         "dead-lettered",
         extra={
             "topic": message.topic,
             "partition": message.partition,
             "offset": message.offset,
-            "reason": getattr(error, "reason", type(error).__name__),
+            "reason": reason,
         },
     )
     return await _send(
@@ -133,67 +141,105 @@ def create_chunker_app(settings: Settings, counters: list[HFTokenCounter]) -> fa
     documents = app.Table("documents", default=None, key_type=str, value_type=str, partitions=6)
     pool = ThreadPoolExecutor(1, thread_name_prefix="chunk")
 
+    group = f"{settings.worker.app_id}-chunker"
+
     @app.agent(source)
     async def chunk(stream: faust.Stream) -> None:
         async for event in stream.events():
-            try:
-                record = requested_codec.decode_any(event.value or b"")
-            except SchemaError as exc:
-                await (await _dead_letter(app, event, exc))
-                continue
-            doc_key = document_key(record["tenant"], record["doc_id"])
-            if event.key != doc_key.encode():
-                # The table only works if every event of a document lands on one partition.
-                await (
-                    await _send(
-                        app,
-                        event.message.topic,
-                        doc_key.encode(),
-                        event.value,
-                        list(event.message.headers or []),
-                    )
-                )
-                continue
-            previous = documents.get(doc_key)
-            kafka_time = datetime.fromtimestamp(event.message.timestamp, tz=UTC)
-            try:
-                out = await asyncio.get_running_loop().run_in_executor(
-                    pool,
-                    chunker.process,
-                    record,
-                    json.loads(previous) if previous else None,
-                    kafka_time,
-                )
-            except PermanentError as exc:
-                await (await _dead_letter(app, event, exc))
-                continue
-            futures = [
+            message = event.message
+            with tracer.start_as_current_span(
+                f"process {message.topic}",
+                context=telemetry.extract(message.headers),
+                kind=SpanKind.CONSUMER,
+                attributes=telemetry.consume_attributes(
+                    message.topic, message.partition, message.offset, group
+                ),
+            ) as span:
+                await handle(event, span)
+
+    async def handle(event: EventT, span: trace.Span) -> None:
+        try:
+            record = requested_codec.decode_any(event.value or b"")
+        except SchemaError as exc:
+            await (await _dead_letter(app, event, exc))
+            return
+        doc_key = document_key(record["tenant"], record["doc_id"])
+        span.set_attributes(
+            {"streamproc.tenant": record["tenant"], "streamproc.doc_id": record["doc_id"]}
+        )
+        if event.key != doc_key.encode():
+            # The table only works if every event of a document lands on one partition.
+            await (
                 await _send(
                     app,
-                    chunks_topic,
-                    key.encode(),
-                    record_codec.encode(value) if value is not None else None,
+                    event.message.topic,
+                    doc_key.encode(),
+                    event.value,
+                    list(event.message.headers or []),
                 )
-                for key, value in out.chunk_records
-            ]
-            futures += [
-                await _send(app, embed_topic, doc_key.encode(), embed_codec.encode(request))
-                for request in out.embed_requests
-            ]
-            # Confirmed downstream before the state moves on and the offset can commit.
-            await asyncio.gather(*futures)
-            if out.state is None:
-                documents.pop(doc_key, None)
-            else:
-                documents[doc_key] = json.dumps(out.state)
-            log.info(
-                "chunked",
-                extra={
-                    "doc": doc_key,
-                    "changed": len(out.embed_requests),
-                    "unchanged": out.unchanged,
-                },
             )
+            return
+        previous = documents.get(doc_key)
+        kafka_time = datetime.fromtimestamp(event.message.timestamp, tz=UTC)
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(
+                pool,
+                chunker.process,
+                record,
+                json.loads(previous) if previous else None,
+                kafka_time,
+            )
+        except PermanentError as exc:
+            await (await _dead_letter(app, event, exc))
+            return
+        futures = []
+        # chunk_records and embed_requests are parallel: one span per chunk covers both sends.
+        for (key, value), request in zip(out.chunk_records, out.embed_requests, strict=True):
+            with tracer.start_as_current_span(
+                f"send {embed_topic}",
+                kind=SpanKind.PRODUCER,
+                attributes=telemetry.publish_attributes(
+                    embed_topic,
+                    **{"streamproc.chunk_key": key, "streamproc.op": request["op"]},
+                ),
+            ):
+                headers = telemetry.kafka_headers()
+                futures.append(
+                    await _send(
+                        app,
+                        chunks_topic,
+                        key.encode(),
+                        record_codec.encode(value) if value is not None else None,
+                        headers,
+                    )
+                )
+                futures.append(
+                    await _send(
+                        app, embed_topic, doc_key.encode(), embed_codec.encode(request), headers
+                    )
+                )
+        # Confirmed downstream before the state moves on and the offset can commit.
+        await asyncio.gather(*futures)
+        if out.state is None:
+            documents.pop(doc_key, None)
+        else:
+            documents[doc_key] = json.dumps(out.state)
+        upserts = sum(r["op"] == "UPSERT" for r in out.embed_requests)
+        span.set_attributes(
+            {
+                "streamproc.chunks.changed": upserts,
+                "streamproc.chunks.deleted": len(out.embed_requests) - upserts,
+                "streamproc.chunks.unchanged": out.unchanged,
+            }
+        )
+        telemetry.count(
+            {"unchanged": out.unchanged, "tombstoned": len(out.embed_requests) - upserts},
+            role="chunker",
+        )
+        log.info(
+            "chunked",
+            extra={"doc": doc_key, "changed": len(out.embed_requests), "unchanged": out.unchanged},
+        )
 
     return app
 
@@ -222,48 +268,109 @@ def create_embedder_app(settings: Settings, embedder: Embedder) -> faust.App:
     )
     done_topic = settings.topic("embed-done")
 
+    group = f"{settings.worker.app_id}-embedder"
+    models = ",".join(f"{t.model.spec.name}:{t.model.spec.version}" for t in embedder.targets)
+    collections = ",".join(t.collection for t in embedder.targets)
+
     @app.agent(source)
     async def embed(stream: faust.Stream) -> None:
         async for events in stream.take_events(
             settings.embedder.max_events, within=settings.embedder.max_wait_s
         ):
-            started = time.perf_counter()
-            requests, kept, futures = [], [], []
-            for event in events:
-                try:
-                    requests.append(embed_codec.decode(event.value or b""))
-                    kept.append(event)
-                except SchemaError as exc:
-                    futures.append(await _dead_letter(app, event, exc))
-            result = await embedder.handle(requests)
-            for index, reason in result.failed.items():
-                futures.append(
-                    await _dead_letter(
-                        app, kept[index], PermanentError(reason, reason="weaviate_rejected")
-                    )
+            first = events[0].message
+            links = [link for e in events if (link := telemetry.link_to(e.message.headers))]
+            # A batch has many parents: it starts its own trace and links to every message.
+            with tracer.start_as_current_span(
+                f"process {first.topic}",
+                context=Context(),
+                kind=SpanKind.CONSUMER,
+                links=links,
+                attributes={
+                    **telemetry.consume_attributes(first.topic, first.partition, None, group),
+                    "messaging.batch.message_count": len(events),
+                    "streamproc.model_versions": models,
+                    "streamproc.collections": collections,
+                },
+            ) as span:
+                await handle(events, span)
+
+    async def handle(events: list[EventT], span: trace.Span) -> None:
+        started = time.perf_counter()
+        requests, kept, futures = [], [], []
+        for event in events:
+            try:
+                requests.append(embed_codec.decode(event.value or b""))
+                kept.append(event)
+            except SchemaError as exc:
+                futures.append(await _dead_letter(app, event, exc))
+        result = await embedder.handle(requests)
+        for index, reason in result.failed.items():
+            futures.append(
+                await _dead_letter(
+                    app, kept[index], PermanentError(reason, reason="weaviate_rejected")
                 )
-            for done in result.done:
+            )
+        headers_of = {
+            r["chunk_key"]: e.message.headers for r, e in zip(requests, kept, strict=True)
+        }
+        batch_link = [Link(span.get_span_context())]
+        for done in result.done:
+            # In the document's trace (child of the chunk's send), linked to the batch.
+            with tracer.start_as_current_span(
+                f"send {done_topic}",
+                context=telemetry.extract(headers_of[done["chunk_key"]]),
+                kind=SpanKind.PRODUCER,
+                links=batch_link,
+                attributes=telemetry.publish_attributes(
+                    done_topic,
+                    **{
+                        "streamproc.tenant": done["tenant"],
+                        "streamproc.doc_id": done["doc_id"],
+                        "streamproc.chunk_key": done["chunk_key"],
+                        "streamproc.status": done["status"],
+                        "streamproc.collection": done["collection"],
+                        "streamproc.model_version": done["model_version"],
+                    },
+                ),
+            ):
                 futures.append(
                     await _send(
                         app,
                         done_topic,
                         document_key(done["tenant"], done["doc_id"]).encode(),
                         done_codec.encode(done),
+                        telemetry.kafka_headers(),
                     )
                 )
-            # take_events acks this batch when the next is requested: only after this point.
-            await asyncio.gather(*futures)
-            log.info(
-                "embedded batch",
-                extra={
-                    "events": len(events),
-                    "done": len(result.done),
-                    "failed": len(result.failed),
-                    "encode_s": round(result.encode_seconds, 3),
-                    "write_s": round(result.write_seconds, 3),
-                    "batch_s": round(time.perf_counter() - started, 3),
-                },
+            telemetry.ingest_latency.record(
+                done["latency_ms"] / 1000, {"collection": done["collection"]}
             )
+        # take_events acks this batch when the next is requested: only after this point.
+        await asyncio.gather(*futures)
+        telemetry.batch_size.record(len(events))
+        telemetry.encode_duration.record(result.encode_seconds)
+        telemetry.write_duration.record(result.write_seconds)
+        telemetry.count(
+            {
+                "embedded": sum(d["status"] == "EMBEDDED" for d in result.done),
+                "deleted": sum(d["status"] == "DELETED" for d in result.done),
+            },
+            role="embedder",
+        )
+        span.set_attributes(
+            {"streamproc.done": len(result.done), "streamproc.failed": len(result.failed)}
+        )
+        log.info(
+            "embedded batch",
+            extra={
+                "events": len(events),
+                "done": len(result.done),
+                "failed": len(result.failed),
+                "encode_s": round(result.encode_seconds, 3),
+                "write_s": round(result.write_seconds, 3),
+                "batch_s": round(time.perf_counter() - started, 3),
+            },
+        )
 
     return app
 

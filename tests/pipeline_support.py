@@ -144,13 +144,13 @@ class Workers:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, role: str) -> subprocess.Popen[bytes]:
+    def start(self, role: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{role}.log").open("ab")
         proc = subprocess.Popen(
             worker_argv(role),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "STREAMPROC_CONFIG": str(self.config)},
+            env={**os.environ, **(env or {}), "STREAMPROC_CONFIG": str(self.config)},
         )
         self.procs[role] = proc
         return proc

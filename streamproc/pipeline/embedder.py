@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import numpy as np
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from opentelemetry.trace import Status, StatusCode
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 from weaviate.exceptions import WeaviateBaseError
 
 from streamproc.errors import TransientError
@@ -27,6 +28,7 @@ from streamproc.models import EmbeddingModel
 from streamproc.naming import object_uuid
 from streamproc.pipeline.batching import sub_batches
 from streamproc.settings import EmbedderSettings
+from streamproc.telemetry import retries_counter, tracer
 from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, ChunkObject, WeaviateStore
 
 log = logging.getLogger(__name__)
@@ -97,8 +99,19 @@ class Embedder:
             members = [indices[g] for g in group]
             chunks = [requests[i]["chunk"] for i in members]
             started = time.perf_counter()
-            vectors = await self._run(self._encode_pool, model.encode, [c["text"] for c in chunks])
-            heading_vectors = await self._heading_vectors(target, chunks)
+            with tracer.start_as_current_span(
+                "encode",
+                attributes={
+                    "streamproc.model_version": f"{model.spec.name}:{model.spec.version}",
+                    "streamproc.device": model.device,
+                    "streamproc.batch.size": len(chunks),
+                    "streamproc.batch.tokens": sum(counts[g] for g in group),
+                },
+            ):
+                vectors = await self._run(
+                    self._encode_pool, model.encode, [c["text"] for c in chunks]
+                )
+                heading_vectors = await self._heading_vectors(target, chunks)
             result.encode_seconds += time.perf_counter() - started
             objects = [
                 self._object(target, chunk, vector.tolist(), heading_vectors)
@@ -128,6 +141,27 @@ class Embedder:
         return {heading: cache[heading] for heading in wanted}
 
     async def _write(
+        self,
+        target: Target,
+        members: list[int],
+        requests: Sequence[dict[str, Any]],
+        objects: list[ChunkObject],
+        result: BatchResult,
+    ) -> None:
+        with tracer.start_as_current_span(
+            "weaviate write",
+            attributes={
+                "db.system.name": "weaviate",
+                "db.operation.name": "batch upsert",
+                "db.collection.name": target.collection,
+                "streamproc.objects": len(objects),
+            },
+        ) as span:
+            await self._write_objects(target, members, requests, objects, result)
+            if result.failed:
+                span.set_status(Status(StatusCode.ERROR, "objects rejected"))
+
+    async def _write_objects(
         self,
         target: Target,
         members: list[int],
@@ -165,9 +199,18 @@ class Embedder:
             by_tenant.setdefault(requests[i]["tenant"], []).append(i)
         for tenant, members in by_tenant.items():
             uuids = [object_uuid(requests[i]["chunk_key"]) for i in members]
-            await self._with_backoff(
-                lambda t=tenant, u=uuids: self.store.delete(target.collection, t, u)
-            )
+            with tracer.start_as_current_span(
+                "weaviate delete",
+                attributes={
+                    "db.system.name": "weaviate",
+                    "db.operation.name": "delete",
+                    "db.collection.name": target.collection,
+                    "streamproc.objects": len(uuids),
+                },
+            ):
+                await self._with_backoff(
+                    lambda t=tenant, u=uuids: self.store.delete(target.collection, t, u)
+                )
             for i, uuid in zip(members, uuids, strict=True):
                 result.done.append(self._done(target, requests[i], "DELETED", uuid))
 
@@ -176,10 +219,7 @@ class Embedder:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
             wait=wait_exponential_jitter(multiplier=0.2, max=30),
-            before_sleep=lambda state: log.warning(
-                "weaviate unavailable, retrying",
-                extra={"attempt": state.attempt_number, "error": str(state.outcome.exception())},
-            ),
+            before_sleep=_note_retry,
         ):
             with attempt:
                 return await self._run(self._io_pool, _transient_on_weaviate_errors(call))
@@ -247,6 +287,15 @@ class Embedder:
             "latency_ms": int((now - request["ingested_at"]).total_seconds() * 1000),
             "embedded_at": now,
         }
+
+
+def _note_retry(state: RetryCallState) -> None:
+    retries_counter.add(1)
+    error = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "weaviate unavailable, retrying",
+        extra={"attempt": state.attempt_number, "error": str(error)},
+    )
 
 
 def _transient_on_weaviate_errors(call: Callable[[], T]) -> Callable[[], T]:
