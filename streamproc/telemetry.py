@@ -15,6 +15,7 @@ from typing import Any
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 
 from streamproc.settings import TelemetrySettings
@@ -50,6 +51,31 @@ dlq_counter = meter.create_counter(
 )
 retries_counter = meter.create_counter(
     "streamproc.weaviate.retries", unit="{retry}", description="Weaviate calls retried"
+)
+
+
+# (topic, partition, consumer group) -> messages behind the high watermark; a worker timer
+# refreshes it, the gauge reports it at each collection.
+consumer_lag: dict[tuple[str, int, str], int] = {}
+
+
+def _observe_lag(_options: CallbackOptions) -> Iterable[Observation]:
+    for (topic, partition, group), lag in list(consumer_lag.items()):
+        yield Observation(
+            lag,
+            {
+                "messaging.destination.name": topic,
+                "messaging.destination.partition.id": str(partition),
+                "messaging.consumer.group.name": group,
+            },
+        )
+
+
+meter.create_observable_gauge(
+    "streamproc.consumer.lag",
+    callbacks=[_observe_lag],
+    unit="{message}",
+    description="Messages between a partition's high watermark and the consumer's position",
 )
 
 

@@ -61,6 +61,19 @@ def _faust_app(settings: Settings, role: str) -> faust.App:
     )
 
 
+def _track_lag(app: faust.App, topic: str, group: str) -> None:
+    @app.timer(interval=5.0)
+    async def measure_lag() -> None:
+        for tp in app.consumer.assignment():
+            if tp.topic != topic:
+                continue
+            position = await app.consumer.position(tp)
+            highwater = app.consumer.highwater(tp)
+            if position is not None and highwater is not None:
+                lag = max(0, highwater - position)
+                telemetry.consumer_lag[(tp.topic, tp.partition, group)] = lag
+
+
 def dlq_headers(event: EventT, error: Exception) -> list[tuple[str, bytes]]:
     """The original headers plus why and where from; never the payload."""
     message = event.message
@@ -142,6 +155,7 @@ def create_chunker_app(settings: Settings, counters: list[HFTokenCounter]) -> fa
     pool = ThreadPoolExecutor(1, thread_name_prefix="chunk")
 
     group = f"{settings.worker.app_id}-chunker"
+    _track_lag(app, source.get_topic_name(), group)
 
     @app.agent(source)
     async def chunk(stream: faust.Stream) -> None:
@@ -269,6 +283,7 @@ def create_embedder_app(settings: Settings, embedder: Embedder) -> faust.App:
     done_topic = settings.topic("embed-done")
 
     group = f"{settings.worker.app_id}-embedder"
+    _track_lag(app, source.get_topic_name(), group)
     models = ",".join(f"{t.model.spec.name}:{t.model.spec.version}" for t in embedder.targets)
     collections = ",".join(t.collection for t in embedder.targets)
 

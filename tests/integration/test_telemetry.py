@@ -4,6 +4,7 @@ loopback, the producing side records into an in-memory exporter, Prometheus is s
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import time
@@ -18,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from streamproc.produce import expand, produce_documents
-from streamproc.settings import Settings
+from streamproc.settings import REPO_ROOT, Settings
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.pipeline_support import (
     collect,
@@ -29,6 +30,9 @@ from tests.pipeline_support import (
     running_workers,
 )
 
+DASHBOARD = REPO_ROOT / "deploy" / "observability" / "dashboards" / "streamproc.json"
+# Counters that only exist once their event happened (no Weaviate outage in this run).
+ONLY_AFTER_FAILURES = {"streamproc_weaviate_retries_total"}
 SECRET = "zq-SECRET-5e1f0c-do-not-log"
 CONSUMER, PRODUCER = 5, 4  # OTLP SpanKind numbers
 STATUS_ERROR = 2
@@ -64,6 +68,10 @@ def _wait_for(condition: object, what: str, timeout: float = 90.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout:.0f}s: {what}")
         time.sleep(0.2)
+
+
+def _scrape(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
 
 
 def _prometheus_value(text: str, name: str, **labels: str) -> float:
@@ -113,7 +121,7 @@ def test_one_connected_trace_per_document_metrics_and_no_text_anywhere(
         )
         dead = collect(settings, "chunk-requested.dlq", until=lambda values: len(values) >= 1)
 
-        scrape = httpx.get(f"http://127.0.0.1:{ports['embedder']}/metrics", timeout=10).text
+        scrape = _scrape(ports["embedder"])
         assert _prometheus_value(scrape, "streamproc_chunks_total", outcome="embedded") == total
         assert _prometheus_value(scrape, "streamproc_embed_batch_size_count") > 0
         assert _prometheus_value(scrape, "streamproc_embed_encode_duration_seconds_sum") > 0
@@ -122,7 +130,11 @@ def test_one_connected_trace_per_document_metrics_and_no_text_anywhere(
             _prometheus_value(scrape, "streamproc_ingest_to_embed_done_duration_seconds_count")
             == total
         )
-        chunker_scrape = httpx.get(f"http://127.0.0.1:{ports['chunker']}/metrics", timeout=10).text
+        _wait_for(
+            lambda: "streamproc_consumer_lag{" in _scrape(ports["embedder"]),
+            "the consumer lag gauge",
+        )
+        chunker_scrape = _scrape(ports["chunker"])
         assert (
             _prometheus_value(
                 chunker_scrape, "streamproc_dlq_messages_total", reason="sha256_mismatch"
@@ -145,6 +157,18 @@ def test_one_connected_trace_per_document_metrics_and_no_text_anywhere(
         )
         spans = receiver.spans()
         logs = workers.log("chunker") + workers.log("embedder")
+        scrapes = _scrape(ports["embedder"]) + _scrape(ports["chunker"])
+
+    # Every series the Grafana dashboard plots is one the workers really expose.
+    dashboard = json.loads(DASHBOARD.read_text())
+    plotted = {
+        re.sub(r"_bucket$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"streamproc_[a-z_]+", target["expr"])
+    }
+    missing = {name for name in plotted if name not in scrapes} - ONLY_AFTER_FAILURES
+    assert not missing, f"the dashboard plots series no worker exposes: {missing}"
 
     produced = {
         s.attributes["streamproc.doc_id"]: s

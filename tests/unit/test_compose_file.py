@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from streamproc.localservices.kafka import split_host_port
@@ -9,6 +11,7 @@ from streamproc.settings import REPO_ROOT, Settings
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.kafka.yml").read_text())["services"]
 DEFAULTS = Settings()
+DASHBOARD = REPO_ROOT / "deploy/observability/dashboards/streamproc.json"
 
 
 def _host_ports(service: str) -> set[int]:
@@ -37,7 +40,39 @@ def test_weaviate_matches_defaults() -> None:
 
 
 def test_observability_services_are_present() -> None:
-    assert {"otel-collector", "tempo", "grafana"} <= set(COMPOSE)
-    for service in ("otel-collector", "tempo", "grafana"):
+    services = ("otel-collector", "tempo", "prometheus", "grafana")
+    assert set(services) <= set(COMPOSE)
+    for service in services:
         for volume in COMPOSE[service].get("volumes", []):
             assert (REPO_ROOT / volume.split(":")[0]).exists(), volume
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_its_data_sources() -> None:
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in COMPOSE["grafana"]["volumes"]}
+    provider = yaml.safe_load(
+        (REPO_ROOT / "deploy/observability/grafana-dashboards.yaml").read_text()
+    )
+    assert (
+        mounts["./deploy/observability/dashboards"] == provider["providers"][0]["options"]["path"]
+    )
+    sources = yaml.safe_load(
+        (REPO_ROOT / "deploy/observability/grafana-datasources.yaml").read_text()
+    )
+    uids = {s["uid"]: s["type"] for s in sources["datasources"]}
+    assert uids == {"tempo": "tempo", "prometheus": "prometheus"}
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        assert uids[panel["datasource"]["uid"]] == panel["datasource"]["type"]
+        assert all(t["expr"] for t in panel["targets"])
+
+
+def test_the_collector_exports_traces_to_tempo_and_metrics_to_prometheus() -> None:
+    collector = yaml.safe_load((REPO_ROOT / "deploy/observability/otel-collector.yaml").read_text())
+    pipelines = collector["service"]["pipelines"]
+    assert pipelines["traces"]["exporters"] == ["otlp/tempo"]
+    assert pipelines["metrics"]["exporters"] == ["prometheus"]
+    scrape = yaml.safe_load((REPO_ROOT / "deploy/observability/prometheus.yaml").read_text())
+    targets = [
+        t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
+    ]
+    assert "otel-collector:8889" in targets
