@@ -43,6 +43,7 @@ from streamproc.errors import StreamprocError
 from streamproc.kafka_io import end_offsets, follow, producer
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import document_key, object_uuid
+from streamproc.otlp_receiver import OtlpReceiver
 from streamproc.pipeline.chunker import Chunker
 from streamproc.produce import event_for, expand
 from streamproc.runner import worker_subprocess
@@ -156,6 +157,12 @@ def bench_pipeline(
     return len(items) / (time.perf_counter() - started)
 
 
+def _warm_up(settings: Settings, texts: list[str], alive: Callable[[], bool]) -> None:
+    """Also the readiness check: one document all the way through both roles."""
+    warm = single_chunk_texts(settings, texts[:20])[:1]
+    bench_latency(settings, warm, 10.0, 0.0, alive, prefix=f"warm-up-{time.monotonic_ns()}")
+
+
 def single_chunk_texts(settings: Settings, texts: list[str]) -> list[str]:
     splitter = Splitter(
         token_counters(settings), settings.chunking.max_tokens, settings.chunking.overlap_tokens
@@ -181,13 +188,18 @@ async def _paced(
 
 
 def bench_latency(
-    settings: Settings, texts: list[str], rate: float, seconds: float, alive: Any
+    settings: Settings,
+    texts: list[str],
+    rate: float,
+    seconds: float,
+    alive: Callable[[], bool],
+    prefix: str = "latency",
 ) -> list[float]:
     codec = load_schemas(settings.schemas_dir).codec("ChunkRequested")
     count = max(10, int(rate * seconds))
     events = []
     for i in range(count):
-        doc_id = f"latency/{i}"
+        doc_id = f"{prefix}/{i}"
         event = {
             "event_id": doc_id,
             "tenant": TENANT,
@@ -205,7 +217,7 @@ def bench_latency(
     sent = asyncio.run(_paced(settings, events, rate))
     done = asyncio.run(
         _wait_done(
-            settings, start, lambda d: d["doc_id"].startswith("latency/"), len(events), alive
+            settings, start, lambda d: d["doc_id"].startswith(f"{prefix}/"), len(events), alive
         )
     )
     return [ts / 1000 - sent[document_key(TENANT, d["doc_id"]).encode()] for ts, d in done]
@@ -305,12 +317,9 @@ def _run(
     codec = load_schemas(settings.schemas_dir).codec("EmbedRequested")
     items = [(key, codec.encode(r)) for key, r in requests]
     raw, pipeline = [], []
-    log = tmp / "worker.log"
-    with worker_subprocess(settings, "all", log) as proc:
+    with worker_subprocess(settings, "all", tmp / "worker.log") as proc:
         alive = lambda: proc.poll() is None  # noqa: E731
-        # Warm-up, which is also the readiness check: one document all the way through.
-        warm = single_chunk_texts(settings, texts[:20])[:1]
-        bench_latency(settings, warm, rate=10.0, seconds=0.0, alive=alive)
+        _warm_up(settings, texts, alive)
         # Interleaved, so drift on a shared machine hits both sides alike.
         for _ in range(repeats):
             raw.append(bench_raw(model, texts))
@@ -321,11 +330,45 @@ def _run(
             settings, single_chunk_texts(settings, texts), rate / 2, latency_seconds, alive
         )
 
+    # Telemetry on: the same runs against a worker that traces every message and exports
+    # spans and metrics over OTLP to a receiver on loopback. Compared through the ratio to raw
+    # encode measured beside it, so the two worker sessions need not see the same machine load.
+    traced = settings.model_copy(
+        update={"telemetry": settings.telemetry.model_copy(update={"enabled": True})}
+    )
+    raw_on, pipeline_on = [], []
+    with (
+        OtlpReceiver() as receiver,
+        worker_subprocess(
+            traced,
+            "all",
+            tmp / "worker-telemetry.log",
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+            },
+        ) as proc,
+    ):
+        alive = lambda: proc.poll() is None  # noqa: E731
+        _warm_up(traced, texts, alive)
+        for _ in range(repeats):
+            raw_on.append(bench_raw(model, texts))
+            pipeline_on.append(bench_pipeline(traced, items, alive))
+            typer.echo(
+                f"telemetry on: raw encode {raw_on[-1]:.1f} chunks/s, "
+                f"pipeline {pipeline_on[-1]:.1f} chunks/s"
+            )
+        spans_received = len(receiver.spans())
+    ratio_off = statistics.median(p / r for p, r in zip(pipeline, raw, strict=True))
+    ratio_on = statistics.median(p / r for p, r in zip(pipeline_on, raw_on, strict=True))
+
     summary = {
         "chunks": len(requests),
         "raw_encode_chunks_per_s": round(statistics.median(raw), 1),
         "pipeline_chunks_per_s": round(rate, 1),
         "pipeline_over_raw": round(rate / statistics.median(raw), 3),
+        "pipeline_over_raw_telemetry_on": round(ratio_on, 3),
+        "telemetry_overhead": round(1 - ratio_on / ratio_off, 3),
         "naive_loop_chunks_per_s": round(naive, 1),
         "pipeline_over_naive": round(rate / naive, 2),
         "latency_rate_chunks_per_s": round(rate / 2, 1),
@@ -342,6 +385,9 @@ def _run(
         "runs": {
             "raw_encode_chunks_per_s": [round(r, 1) for r in raw],
             "pipeline_chunks_per_s": [round(r, 1) for r in pipeline],
+            "telemetry_on_raw_encode_chunks_per_s": [round(r, 1) for r in raw_on],
+            "telemetry_on_pipeline_chunks_per_s": [round(r, 1) for r in pipeline_on],
+            "telemetry_on_spans_received": spans_received,
             "latency_samples": len(latencies),
         },
         "env": {k: v for k, v in os.environ.items() if k.startswith("STREAMPROC_")},

@@ -72,7 +72,7 @@ def worker_argv(role: str) -> list[str]:
 
 @contextmanager
 def worker_subprocess(
-    settings: Settings, role: str, log: Path
+    settings: Settings, role: str, log: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`streamproc worker --role ROLE` with exactly these settings, stopped on exit."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def worker_subprocess(
             worker_argv(role),
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "STREAMPROC_CONFIG": str(config)},
+            env={**os.environ, **(env or {}), "STREAMPROC_CONFIG": str(config)},
         )
     try:
         yield proc

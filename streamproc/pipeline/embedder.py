@@ -13,13 +13,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
 import numpy as np
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 from weaviate.exceptions import WeaviateBaseError
 
@@ -148,44 +149,28 @@ class Embedder:
         objects: list[ChunkObject],
         result: BatchResult,
     ) -> None:
-        with tracer.start_as_current_span(
-            "weaviate write",
-            attributes={
-                "db.system.name": "weaviate",
-                "db.operation.name": "batch upsert",
-                "db.collection.name": target.collection,
-                "streamproc.objects": len(objects),
-            },
-        ) as span:
-            await self._write_objects(target, members, requests, objects, result)
-            if result.failed:
+        with _weaviate_span("batch upsert", target.collection, len(objects)) as span:
+            started = time.perf_counter()
+            by_uuid = dict(zip((o.uuid for o in objects), members, strict=True))
+            pending = objects
+            errors: dict[UUID, str] = {}
+            for _ in range(OBJECT_ATTEMPTS):
+                outcome = await self._with_backoff(
+                    lambda batch=pending: self.store.upsert(target.collection, batch)
+                )
+                for uuid in outcome.written:
+                    result.done.append(
+                        self._done(target, requests[by_uuid[uuid]], "EMBEDDED", uuid)
+                    )
+                errors = outcome.failed
+                pending = [o for o in pending if o.uuid in errors]
+                if not pending:
+                    break
+            for uuid, message in errors.items():
+                result.failed[by_uuid[uuid]] = f"weaviate rejected the object: {message}"
+            result.write_seconds += time.perf_counter() - started
+            if any(i in result.failed for i in members):
                 span.set_status(Status(StatusCode.ERROR, "objects rejected"))
-
-    async def _write_objects(
-        self,
-        target: Target,
-        members: list[int],
-        requests: Sequence[dict[str, Any]],
-        objects: list[ChunkObject],
-        result: BatchResult,
-    ) -> None:
-        started = time.perf_counter()
-        by_uuid = dict(zip((o.uuid for o in objects), members, strict=True))
-        pending = objects
-        errors: dict[UUID, str] = {}
-        for _ in range(OBJECT_ATTEMPTS):
-            outcome = await self._with_backoff(
-                lambda batch=pending: self.store.upsert(target.collection, batch)
-            )
-            for uuid in outcome.written:
-                result.done.append(self._done(target, requests[by_uuid[uuid]], "EMBEDDED", uuid))
-            errors = outcome.failed
-            pending = [o for o in pending if o.uuid in errors]
-            if not pending:
-                break
-        for uuid, message in errors.items():
-            result.failed[by_uuid[uuid]] = f"weaviate rejected the object: {message}"
-        result.write_seconds += time.perf_counter() - started
 
     async def _delete(
         self,
@@ -199,15 +184,7 @@ class Embedder:
             by_tenant.setdefault(requests[i]["tenant"], []).append(i)
         for tenant, members in by_tenant.items():
             uuids = [object_uuid(requests[i]["chunk_key"]) for i in members]
-            with tracer.start_as_current_span(
-                "weaviate delete",
-                attributes={
-                    "db.system.name": "weaviate",
-                    "db.operation.name": "delete",
-                    "db.collection.name": target.collection,
-                    "streamproc.objects": len(uuids),
-                },
-            ):
+            with _weaviate_span("delete", target.collection, len(uuids)):
                 await self._with_backoff(
                     lambda t=tenant, u=uuids: self.store.delete(target.collection, t, u)
                 )
@@ -287,6 +264,18 @@ class Embedder:
             "latency_ms": int((now - request["ingested_at"]).total_seconds() * 1000),
             "embedded_at": now,
         }
+
+
+def _weaviate_span(operation: str, collection: str, objects: int) -> AbstractContextManager[Span]:
+    return tracer.start_as_current_span(
+        f"weaviate {operation}",
+        attributes={
+            "db.system.name": "weaviate",
+            "db.operation.name": operation,
+            "db.collection.name": collection,
+            "streamproc.objects": objects,
+        },
+    )
 
 
 def _note_retry(state: RetryCallState) -> None:

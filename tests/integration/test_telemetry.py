@@ -18,9 +18,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from streamproc.otlp_receiver import OtlpReceiver, ReceivedSpan
 from streamproc.produce import expand, produce_documents
 from streamproc.settings import REPO_ROOT, Settings
-from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.pipeline_support import (
     collect,
     event,
