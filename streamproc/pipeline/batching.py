@@ -26,3 +26,21 @@ def sub_batches(token_counts: Sequence[int], max_items: int, max_tokens: int) ->
     if current:
         groups.append(current)
     return groups
+
+
+def conflict_free_segments(keys: Sequence[str]) -> list[list[int]]:
+    """Consecutive runs of indices in which no key repeats.
+
+    Within a run, upserts and deletes touch different objects, so they may be written in any
+    order (and batched by kind); a key seen again starts a new run, so a DELETE followed by an
+    UPSERT of the same chunk (or the reverse) keeps its Kafka order.
+    """
+    segments: list[list[int]] = []
+    seen: set[str] = set()
+    for index, key in enumerate(keys):
+        if not segments or key in seen:
+            segments.append([])
+            seen = set()
+        segments[-1].append(index)
+        seen.add(key)
+    return segments

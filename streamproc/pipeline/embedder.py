@@ -27,7 +27,7 @@ from weaviate.exceptions import WeaviateBaseError
 from streamproc.errors import TransientError
 from streamproc.models import EmbeddingModel
 from streamproc.naming import object_uuid
-from streamproc.pipeline.batching import sub_batches
+from streamproc.pipeline.batching import conflict_free_segments, sub_batches
 from streamproc.settings import EmbedderSettings
 from streamproc.telemetry import retries_counter, tracer
 from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, ChunkObject, WeaviateStore
@@ -77,11 +77,12 @@ class Embedder:
 
     async def handle(self, requests: Sequence[dict[str, Any]]) -> BatchResult:
         result = BatchResult()
-        upserts = [i for i, r in enumerate(requests) if r["op"] == "UPSERT"]
-        deletes = [i for i, r in enumerate(requests) if r["op"] == "DELETE"]
-        for target in self.targets:
-            await self._upsert(target, requests, upserts, result)
-            await self._delete(target, requests, deletes, result)
+        for segment in conflict_free_segments([r["chunk_key"] for r in requests]):
+            upserts = [i for i in segment if requests[i]["op"] == "UPSERT"]
+            deletes = [i for i in segment if requests[i]["op"] == "DELETE"]
+            for target in self.targets:
+                await self._upsert(target, requests, upserts, result)
+                await self._delete(target, requests, deletes, result)
         return result
 
     async def _upsert(
