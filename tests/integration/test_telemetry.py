@@ -225,7 +225,7 @@ def _assert_document_trace(
         assert batch.attributes["messaging.destination.name"] == settings.topic("embed-requested")
         assert batch.attributes["messaging.batch.message_count"] >= 1
         children = {s.name for s in spans if s.parent_id == batch.span_id}
-        assert {"encode", "weaviate write"} <= children
+        assert {"encode", "weaviate batch upsert"} <= children
 
     # And the embed-done publish of each chunk, back in the document's trace.
     done = [s for s in in_trace if s.name == f"send {settings.topic('embed-done')}"]
