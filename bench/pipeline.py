@@ -37,7 +37,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
-from streamproc.chunking.split import Splitter
 from streamproc.demo import CORPUS, local_services
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import end_offsets, follow, producer
@@ -51,7 +50,7 @@ from streamproc.settings import REPO_ROOT, Settings
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
 from streamproc.weaviate_store import CONTENT_VECTOR, ChunkObject, WeaviateStore, connect
-from streamproc.workers import token_counters
+from streamproc.workers import splitter_for
 
 RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
 TENANT = "bench"
@@ -64,14 +63,7 @@ def make_requests(settings: Settings, copies: int) -> list[tuple[bytes, dict[str
     """(key, embed request) for every chunk of `copies` copies of the corpus, made by the same
     pure chunker the worker runs."""
     codec = load_schemas(settings.schemas_dir).codec("ChunkRequested")
-    chunker = Chunker(
-        settings.chunking,
-        Splitter(
-            token_counters(settings),
-            settings.chunking.max_tokens,
-            settings.chunking.overlap_tokens,
-        ),
-    )
+    chunker = Chunker(settings.chunking, splitter_for(settings))
     now = datetime.now(UTC)
     out = []
     for copy in range(copies):
@@ -164,9 +156,7 @@ def _warm_up(settings: Settings, texts: list[str], alive: Callable[[], bool]) ->
 
 
 def single_chunk_texts(settings: Settings, texts: list[str]) -> list[str]:
-    splitter = Splitter(
-        token_counters(settings), settings.chunking.max_tokens, settings.chunking.overlap_tokens
-    )
+    splitter = splitter_for(settings)
     return [t for t in texts if len(splitter.split(extract_sections(t, "text/plain"))) == 1]
 
 

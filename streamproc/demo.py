@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
-from streamproc.chunking.split import Splitter
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import end_offsets, follow
 from streamproc.localservices.manager import LocalServices
@@ -30,7 +29,7 @@ from streamproc.search import search_alias
 from streamproc.settings import REPO_ROOT, Settings
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
-from streamproc.workers import token_counters
+from streamproc.workers import splitter_for
 
 CORPUS = REPO_ROOT / "corpus" / "docs"
 TENANT = "demo"
@@ -59,9 +58,7 @@ def local_services(settings: Settings, manage: bool) -> Iterator[None]:
 
 
 def expected_chunks(settings: Settings, docs: list[Document]) -> int:
-    splitter = Splitter(
-        token_counters(settings), settings.chunking.max_tokens, settings.chunking.overlap_tokens
-    )
+    splitter = splitter_for(settings)
     return sum(
         len(splitter.split(extract_sections(d.path.read_text(), content_type(d.path))))
         for d in docs

@@ -135,16 +135,22 @@ def token_counters(settings: Settings) -> list[HFTokenCounter]:
     return counters
 
 
+def splitter_for(settings: Settings, counters: list[HFTokenCounter] | None = None) -> Splitter:
+    """The chunking settings' splitter over the tokenizers of every model in use."""
+    return Splitter(
+        counters if counters is not None else token_counters(settings),
+        settings.chunking.max_tokens,
+        settings.chunking.overlap_tokens,
+    )
+
+
 def create_chunker_app(settings: Settings, counters: list[HFTokenCounter]) -> faust.App:
     app = _faust_app(settings, "chunker")
     schemas = load_schemas(settings.schemas_dir)
     requested_codec = schemas.codec("ChunkRequested")
     record_codec = schemas.codec("ChunkRecord")
     embed_codec = schemas.codec("EmbedRequested")
-    chunker = Chunker(
-        settings.chunking,
-        Splitter(counters, settings.chunking.max_tokens, settings.chunking.overlap_tokens),
-    )
+    chunker = Chunker(settings.chunking, splitter_for(settings, counters))
     source = app.topic(
         settings.topic("chunk-requested"), key_serializer="raw", value_serializer="raw"
     )

@@ -17,12 +17,11 @@ from aiokafka import AIOKafkaConsumer
 
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
-from streamproc.chunking.split import Splitter
 from streamproc.derive import derive_projection
 from streamproc.kafka_io import decode_value, producer
 from streamproc.runner import settings_file, worker_argv
 from streamproc.settings import REPO_ROOT, ModelSpec, Settings
-from streamproc.workers import token_counters
+from streamproc.workers import splitter_for
 
 CORPUS = REPO_ROOT / "corpus" / "docs"
 PROJECTED_DIM = 128
@@ -57,9 +56,7 @@ def projected_model(cache_dir: Path) -> ModelSpec:
 
 def expected_chunks(settings: Settings, text: str, content_type: str) -> list[tuple[str, str]]:
     """(heading path, text) of each chunk, computed by the same pure code the chunker runs."""
-    splitter = Splitter(
-        token_counters(settings), settings.chunking.max_tokens, settings.chunking.overlap_tokens
-    )
+    splitter = splitter_for(settings)
     return [
         (" > ".join(d.heading_path), d.text)
         for d in splitter.split(extract_sections(text, content_type))

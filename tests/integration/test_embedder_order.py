@@ -5,28 +5,20 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from streamproc.chunking.split import Splitter
 from streamproc.models import load_model
 from streamproc.naming import weaviate_tenant
 from streamproc.pipeline.chunker import Chunker
 from streamproc.pipeline.embedder import Embedder, Target
 from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore, connect
-from streamproc.workers import token_counters
+from streamproc.workers import splitter_for
 from tests.pipeline_support import event
 
 
 def test_a_delete_then_upsert_of_the_same_chunk_in_one_batch_leaves_the_chunk(
     settings: Settings,
 ) -> None:
-    chunker = Chunker(
-        settings.chunking,
-        Splitter(
-            token_counters(settings),
-            settings.chunking.max_tokens,
-            settings.chunking.overlap_tokens,
-        ),
-    )
+    chunker = Chunker(settings.chunking, splitter_for(settings))
     now = datetime.now(UTC)
     upsert = event("acme", "doc", "# Title\n\nA paragraph that will be deleted and re-sent.")
     upsert.update(op="UPSERT", content_uri=None, content_sha256=None, metadata={}, ingested_at=None)
