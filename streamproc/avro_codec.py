@@ -31,6 +31,8 @@ SCHEMA_FILES: dict[str, str] = {
     "EmbedRequested": "embed_requested.avsc",
     "EmbedDone": "embed_done.avsc",
     "BackfillJob": "backfill_job.avsc",
+    "BackfillCommand": "backfill_command.avsc",
+    "AliasChange": "alias_change.avsc",
 }
 
 

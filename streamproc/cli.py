@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -263,6 +264,214 @@ def dlq_replay(
     except StreamprocError as exc:
         raise _fail(exc) from exc
     typer.echo(f"replayed {count} message(s) from {settings.topic(topic)}.dlq")
+
+
+backfill_app = typer.Typer(no_args_is_help=True, help="Model rotation: replay jobs.")
+alias_app = typer.Typer(no_args_is_help=True, help="The serving alias: show, promote, rollback.")
+collections_app = typer.Typer(no_args_is_help=True, help="One collection per model version.")
+app.add_typer(backfill_app, name="backfill")
+app.add_typer(alias_app, name="alias")
+app.add_typer(collections_app, name="collections")
+
+
+class Priority(StrEnum):
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    CRITICAL = "CRITICAL"
+
+
+def _print_verification(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(f"  {line}")
+
+
+@backfill_app.command("start")
+def backfill_start(
+    model: Annotated[str, typer.Option(help="Registered model to re-embed everything with")],
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's chunks")] = None,
+    priority: Annotated[Priority, typer.Option(case_sensitive=False)] = Priority.MEDIUM,
+    auto_promote: Annotated[
+        bool, typer.Option("--auto-promote", help="Verify and flip the alias when done")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the job ends")] = False,
+) -> None:
+    """Queue a replay of the chunk topic into the model's own collection."""
+    from streamproc.backfill.commands import start_job
+
+    settings = _settings()
+    try:
+        job_id = start_job(settings, model, tenant, priority.value, auto_promote)
+    except (StreamprocError, KeyError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(
+        f"job {job_id}: PENDING, model {model} -> {settings.collection_for(settings.model(model))}"
+    )
+    if wait:
+        _follow_job(settings, job_id)
+
+
+def _follow_job(settings: Settings, job_id: str) -> None:
+    from tqdm import tqdm
+
+    from streamproc.backfill.commands import wait_for
+    from streamproc.backfill.jobs import TERMINAL, describe, now
+
+    with tqdm(desc=f"backfill {job_id}", unit="offset") as bar:
+
+        def show(job: dict[str, object]) -> None:
+            bar.total = int(job["items_total"])  # type: ignore[call-overload]
+            bar.n = int(job["items_done"])  # type: ignore[call-overload]
+            bar.set_postfix_str(str(job["throttled"] or job["state"]))
+            bar.refresh()
+
+        try:
+            job = wait_for(settings, job_id, lambda j: j["state"] in TERMINAL, 3600, show)
+        except StreamprocError as exc:
+            raise _fail(exc) from exc
+    for line in describe(job, now()):
+        typer.echo(line)
+    if job["state"] != "COMPLETED":
+        raise typer.Exit(code=1)
+
+
+@backfill_app.command("status")
+def backfill_status(
+    job_id: Annotated[
+        str | None, typer.Argument(help="Job id; default: every unfinished job")
+    ] = None,
+) -> None:
+    """State, progress (done/total, rate, ETA), throttling and errors of a job."""
+    from streamproc.backfill.commands import read_jobs
+    from streamproc.backfill.jobs import TERMINAL, describe, now
+
+    settings = _settings()
+    jobs = asyncio.run(read_jobs(settings))
+    if job_id is not None:
+        if job_id not in jobs:
+            raise _fail(
+                StreamprocError(f"no backfill job {job_id!r}; see `streamproc backfill list`")
+            )
+        shown = [jobs[job_id]]
+    else:
+        shown = [j for j in jobs.values() if j["state"] not in TERMINAL]
+        if not shown:
+            typer.echo("no unfinished backfill jobs (`streamproc backfill list` shows all)")
+    for job in shown:
+        for line in describe(job, now()):
+            typer.echo(line)
+
+
+@backfill_app.command("list")
+def backfill_list() -> None:
+    """Every job, newest last."""
+    from streamproc.backfill.commands import read_jobs
+    from streamproc.backfill.jobs import now, summary
+
+    jobs = asyncio.run(read_jobs(_settings()))
+    for job in sorted(jobs.values(), key=lambda j: j["created_at"]):
+        typer.echo(summary(job, now()))
+
+
+@backfill_app.command("cancel")
+def backfill_cancel(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
+    """Stop a job; the alias and the collections stay as they are."""
+    from streamproc.backfill.commands import cancel_job
+
+    try:
+        cancel_job(_settings(), job_id)
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"job {job_id}: cancel requested")
+
+
+@alias_app.command("show")
+def alias_show() -> None:
+    """Where the alias points, and its history of flips."""
+    from streamproc.backfill.alias import history
+    from streamproc.weaviate_store import WeaviateStore, connect
+
+    settings = _settings()
+    alias = settings.weaviate.collection_prefix
+    try:
+        with connect(settings.weaviate) as client:
+            target = WeaviateStore(client).alias_target(alias)
+        changes = history(settings)
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"alias {alias} -> {target or '(none)'}")
+    for change in changes:
+        typer.echo(
+            f"  {change['changed_at']:%Y-%m-%d %H:%M:%S}  {change['action']:<8}  "
+            f"{change['previous'] or '(none)'} -> {change['current']}"
+        )
+
+
+@alias_app.command("promote")
+def alias_promote(
+    collection: Annotated[
+        str | None, typer.Option(help="Default: the newest completed backfill's collection")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Or name the model instead")] = None,
+) -> None:
+    """Verify a collection and flip the alias to it; refuses, alias untouched, on failure."""
+    from streamproc.backfill.alias import VerificationFailed, default_promotion_target, promote
+
+    settings = _settings()
+    try:
+        if model is not None:
+            collection = settings.collection_for(settings.model(model))
+        target = collection or default_promotion_target(settings)
+        typer.echo(f"verifying {target}")
+        report, previous = promote(settings, target)
+    except VerificationFailed as exc:
+        _print_verification(exc.report.lines())
+        raise _fail(exc) from exc
+    except (StreamprocError, KeyError) as exc:
+        raise _fail(exc) from exc
+    _print_verification(report.lines())
+    typer.echo(f"alias {settings.weaviate.collection_prefix}: {previous} -> {target}")
+
+
+@alias_app.command("rollback")
+def alias_rollback() -> None:
+    """Point the alias back at the collection it served before the last flip."""
+    from streamproc.backfill.alias import rollback
+
+    settings = _settings()
+    try:
+        current, previous = rollback(settings)
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"alias {settings.weaviate.collection_prefix}: {current} -> {previous}")
+
+
+@collections_app.command("list")
+def collections_list() -> None:
+    """Every collection: model, version, objects, whether the alias serves it, who writes it."""
+    from streamproc.backfill.alias import list_collections
+
+    try:
+        infos = list_collections(_settings())
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
+    for info in infos:
+        mark = "*" if info.served else " "
+        typer.echo(
+            f"{mark} {info.name}  {info.model}  {info.objects} objects  live writes: {info.live_writes}"
+        )
+
+
+@collections_app.command("retire")
+def collections_retire(name: Annotated[str, typer.Argument(help="Collection to delete")]) -> None:
+    """Delete a collection the alias does not serve (refuses the served one)."""
+    from streamproc.backfill.alias import retire
+
+    try:
+        retire(_settings(), name)
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"retired {name}")
 
 
 @app.command("demo")

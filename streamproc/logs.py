@@ -6,6 +6,7 @@ import json
 import logging
 import logging.config
 import sys
+import traceback
 import warnings
 
 from opentelemetry import trace
@@ -52,6 +53,12 @@ class _JsonFormatter(logging.Formatter):
             entry["span_id"] = format(span.span_id, "016x")
         if record.exc_info:
             entry["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+            # Where it failed (files, lines, functions), without the message: an exception's
+            # message may quote the data it choked on.
+            entry["stack"] = [
+                f"{f.filename}:{f.lineno} in {f.name}"
+                for f in traceback.extract_tb(record.exc_info[2])
+            ]
         return json.dumps(entry, default=str)
 
 

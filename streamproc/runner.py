@@ -22,6 +22,7 @@ from streamproc.settings import Settings
 
 def run_role(settings: Settings, role: str) -> None:
     """Blocks until the worker stops. Start-up checks fail before Kafka is touched."""
+    from streamproc.backfill.replayer import ModelPool
     from streamproc.pipeline.embedder import Embedder
     from streamproc.weaviate_store import WeaviateStore, connect
     from streamproc.workers import (
@@ -41,7 +42,7 @@ def run_role(settings: Settings, role: str) -> None:
         store = WeaviateStore(client)
         embedder = Embedder(prepare_targets(store, settings, models), store, settings.embedder)
         try:
-            _run(create_embedder_app(settings, embedder))
+            _run(create_embedder_app(settings, embedder, store, ModelPool(settings, models)))
         finally:
             embedder.close()
 

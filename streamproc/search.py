@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from weaviate.classes.query import MetadataQuery
 
-from streamproc.errors import ConfigurationError, StreamprocError
+from streamproc.errors import StreamprocError
 from streamproc.models import load_model
-from streamproc.settings import ModelSpec, Settings
+from streamproc.settings import Settings
 from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
 
 
@@ -29,15 +29,6 @@ class SearchResult:
     hits: list[Hit]
 
 
-def model_for_collection(settings: Settings, collection: str) -> ModelSpec:
-    for spec in settings.models:
-        if settings.collection_for(spec) == collection:
-            return spec
-    raise ConfigurationError(
-        f"no registered model version writes {collection}; register it in the model registry"
-    )
-
-
 def search_alias(settings: Settings, text: str, tenant: str, limit: int) -> SearchResult:
     alias = settings.weaviate.collection_prefix
     with connect(settings.weaviate) as client:
@@ -45,7 +36,7 @@ def search_alias(settings: Settings, text: str, tenant: str, limit: int) -> Sear
         collection = store.alias_target(alias)
         if collection is None:
             raise StreamprocError(f"alias {alias} does not exist yet: run a worker first")
-        spec = model_for_collection(settings, collection)
+        spec = settings.model_for_collection(collection)
         vector = load_model(spec, settings.embedder.device).encode([text])[0].tolist()
         response = (
             client.collections.get(alias)

@@ -19,6 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from streamproc.errors import ConfigurationError
 from streamproc.naming import collection_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +140,25 @@ class TelemetrySettings(BaseModel):
     prometheus_host: str = "127.0.0.1"
 
 
+class BackfillSettings(BaseModel):
+    """Model rotation: replay jobs, their throttle, and the checks before an alias flip."""
+
+    # Jobs that replay at the same time in one worker; the rest wait in PENDING by priority.
+    max_concurrent_jobs: int = Field(default=1, ge=1)
+    # Chunks per replay batch: small, so a live batch never waits long behind one.
+    batch_size: int = Field(default=32, ge=1)
+    # Live traffic first: the replay pauses while the embedder group is more than this many
+    # embed-requested messages behind, or while live ingest-to-embed-done latency exceeds this.
+    throttle_live_lag: int = Field(default=100, ge=0)
+    throttle_live_latency_s: float = Field(default=2.0, gt=0)
+    # After the replay reaches its watermarks, catch-up passes over what arrived meanwhile,
+    # until one pass has nothing to write (or this many passes ran).
+    max_catch_up_passes: int = Field(default=10, ge=1)
+    # Verification before a flip: chunks sampled, and the share that must find themselves first.
+    verify_sample_size: int = Field(default=50, ge=1)
+    min_self_retrieval: float = Field(default=0.95, ge=0, le=1)
+
+
 class WorkerSettings(BaseModel):
     # Consumer groups are `{app_id}-chunker` and `{app_id}-embedder`.
     app_id: str = "streamproc"
@@ -162,6 +182,7 @@ class Settings(BaseSettings):
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     models: list[ModelSpec] = Field(default_factory=_default_models)
     # The model whose collection the alias serves and that live traffic embeds with.
     active_model: str = "all-minilm-l6-v2"
@@ -194,6 +215,19 @@ class Settings(BaseSettings):
             if spec.name == name:
                 return spec
         raise KeyError(f"model {name!r} is not registered; known: {[m.name for m in self.models]}")
+
+    def model_for_collection(self, collection: str) -> ModelSpec:
+        for spec in self.models:
+            if self.collection_for(spec) == collection:
+                return spec
+        raise ConfigurationError(
+            f"no registered model version writes {collection}; register it in the model registry"
+        )
+
+    @property
+    def jobs_changelog(self) -> str:
+        """The backfill job table's changelog (Faust names it; its values are Avro)."""
+        return f"{self.worker.app_id}-embedder-backfill_jobs-changelog"
 
     def topic(self, name: str) -> str:
         return f"{self.kafka.topic_prefix}{name}"

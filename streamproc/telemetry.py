@@ -53,6 +53,46 @@ retries_counter = meter.create_counter(
     "streamproc.weaviate.retries", unit="{retry}", description="Weaviate calls retried"
 )
 
+# Model rotation, with DESIGN.md's names (the Prometheus exporter keeps a trailing `_total`).
+reembed_completed = meter.create_counter(
+    "reembed_jobs_completed_total", unit="{job}", description="Backfill jobs completed"
+)
+reembed_failed = meter.create_counter(
+    "reembed_jobs_failed_total", unit="{job}", description="Backfill jobs failed"
+)
+reembed_batches = meter.create_counter(
+    "reembed_batches_processed_total", unit="{batch}", description="Backfill replay batches"
+)
+reembed_items = meter.create_counter(
+    "reembed_items_reembedded_total",
+    unit="{chunk}",
+    description="Chunks a backfill embedded into its target collection",
+)
+# "active" and "queued" -> jobs of the worker that owns the job table, refreshed by its
+# supervisor; the gauges report them at each collection.
+backfill_jobs: dict[str, int] = {}
+
+
+def _observe_jobs(kind: str) -> Any:
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        if kind in backfill_jobs:
+            yield Observation(backfill_jobs[kind])
+
+    return observe
+
+
+meter.create_observable_gauge(
+    "reembed_jobs_active",
+    callbacks=[_observe_jobs("active")],
+    unit="{job}",
+    description="Backfill jobs replaying now",
+)
+meter.create_observable_gauge(
+    "reembed_jobs_queued",
+    callbacks=[_observe_jobs("queued")],
+    unit="{job}",
+    description="Backfill jobs waiting for a slot",
+)
 
 # (topic, partition, consumer group) -> messages behind the high watermark; a worker timer
 # refreshes it, the gauge reports it at each collection.

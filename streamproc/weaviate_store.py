@@ -185,6 +185,32 @@ class WeaviateStore:
         scoped = collection.with_tenant(weaviate_tenant(tenant))
         scoped.data.delete_many(where=Filter.by_id().contains_any(list(uuids)))
 
+    def held(self, name: str, tenant: str, uuids: Sequence[UUID]) -> dict[UUID, tuple[Any, str]]:
+        """(ingested_at, text_sha256) of those of `uuids` the collection holds."""
+        if not uuids:
+            return {}
+        collection = self.client.collections.get(name)
+        if weaviate_tenant(tenant) not in set(collection.tenants.get()):
+            return {}
+        result = collection.with_tenant(weaviate_tenant(tenant)).query.fetch_objects(
+            filters=Filter.by_id().contains_any(list(uuids)),
+            limit=len(uuids),
+            return_properties=["ingested_at", "text_sha256"],
+        )
+        return {
+            o.uuid: (o.properties["ingested_at"], str(o.properties["text_sha256"]))
+            for o in result.objects
+        }
+
+    def collections(self, prefix: str) -> list[str]:
+        """Every collection named `{prefix}_...`: one per model version."""
+        return sorted(
+            n for n in self.client.collections.list_all(simple=True) if n.startswith(f"{prefix}_")
+        )
+
+    def drop(self, name: str) -> None:
+        self.client.collections.delete(name)
+
     def count(self, name: str, tenant: str) -> int:
         collection = self.client.collections.get(name)
         if tenant not in set(collection.tenants.get()):

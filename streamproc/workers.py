@@ -12,13 +12,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind
 
 from streamproc import telemetry
 from streamproc.avro_codec import load_schemas
+from streamproc.backfill.jobs import (
+    apply_command,
+    jobs_to_start,
+    live_write_collections,
+    now,
+    retire,
+)
+from streamproc.backfill.replayer import JobStore, LiveLoad, ModelPool, Replayer
+from streamproc.backfill.view import JobsView
 from streamproc.chunking.split import Splitter
 from streamproc.chunking.tokenizers import HFTokenCounter
 from streamproc.errors import ConfigurationError, PermanentError, SchemaError
@@ -278,7 +287,9 @@ def prepare_targets(
     return targets
 
 
-def create_embedder_app(settings: Settings, embedder: Embedder) -> faust.App:
+def create_embedder_app(
+    settings: Settings, embedder: Embedder, store: WeaviateStore, models: ModelPool
+) -> faust.App:
     app = _faust_app(settings, "embedder")
     schemas = load_schemas(settings.schemas_dir)
     embed_codec = schemas.codec("EmbedRequested")
@@ -287,11 +298,31 @@ def create_embedder_app(settings: Settings, embedder: Embedder) -> faust.App:
         settings.topic("embed-requested"), key_serializer="raw", value_serializer="raw"
     )
     done_topic = settings.topic("embed-done")
+    view = JobsView(settings)
+    live = LiveLoad(settings)
+    _add_backfill(app, settings, embedder, store, models, view, live)
+    unknown_models: set[str] = set()
+
+    async def targets_now() -> list[Target]:
+        """The configured targets plus every collection a backfill job has live traffic write."""
+        targets = list(embedder.targets)
+        configured = {t.collection for t in targets}
+        for collection, name in live_write_collections((await view.refresh()).values()).items():
+            if collection in configured:
+                continue
+            try:
+                targets.append(Target(await models.get(name), collection))
+            except ConfigurationError as exc:
+                if name not in unknown_models:
+                    unknown_models.add(name)
+                    log.error(
+                        "backfill target skipped",
+                        extra={"collection": collection, "error": str(exc)},
+                    )
+        return targets
 
     group = f"{settings.worker.app_id}-embedder"
     _track_lag(app, source.get_topic_name(), group)
-    models = ",".join(f"{t.model.spec.name}:{t.model.spec.version}" for t in embedder.targets)
-    collections = ",".join(t.collection for t in embedder.targets)
 
     @app.agent(source)
     async def embed(stream: faust.Stream) -> None:
@@ -309,8 +340,6 @@ def create_embedder_app(settings: Settings, embedder: Embedder) -> faust.App:
                 attributes={
                     **telemetry.consume_attributes(first.topic, first.partition, None, group),
                     "messaging.batch.message_count": len(events),
-                    "streamproc.model_versions": models,
-                    "streamproc.collections": collections,
                 },
             ) as span:
                 await handle(events, span)
@@ -324,7 +353,16 @@ def create_embedder_app(settings: Settings, embedder: Embedder) -> faust.App:
                 kept.append(event)
             except SchemaError as exc:
                 futures.append(await _dead_letter(app, event, exc))
-        result = await embedder.handle(requests)
+        targets = await targets_now()
+        span.set_attributes(
+            {
+                "streamproc.collections": ",".join(t.collection for t in targets),
+                "streamproc.model_versions": ",".join(
+                    f"{t.model.spec.name}:{t.model.spec.version}" for t in targets
+                ),
+            }
+        )
+        result = await embedder.handle(requests, targets)
         for index, reason in result.failed.items():
             futures.append(
                 await _dead_letter(
@@ -368,6 +406,8 @@ def create_embedder_app(settings: Settings, embedder: Embedder) -> faust.App:
             )
         # take_events acks this batch when the next is requested: only after this point.
         await asyncio.gather(*futures)
+        if result.done:
+            live.observe_latency(max(d["latency_ms"] for d in result.done) / 1000)
         telemetry.batch_size.record(len(events))
         telemetry.encode_duration.record(result.encode_seconds)
         telemetry.write_duration.record(result.write_seconds)
@@ -394,6 +434,88 @@ def create_embedder_app(settings: Settings, embedder: Embedder) -> faust.App:
         )
 
     return app
+
+
+def _add_backfill(
+    app: faust.App,
+    settings: Settings,
+    embedder: Embedder,
+    store: WeaviateStore,
+    models: ModelPool,
+    view: JobsView,
+    live: LiveLoad,
+) -> None:
+    """The job table, the agent applying backfill commands to it, and the supervisor that runs
+    jobs, all in the embedder worker that owns the table's one partition."""
+    command_codec = load_schemas(settings.schemas_dir).codec("BackfillCommand")
+    commands = app.topic(
+        settings.topic("backfill-commands"), key_serializer="raw", value_serializer="raw"
+    )
+    commands_tp = TP(commands.get_topic_name(), 0)
+    # One partition: one worker owns every job, so a job never runs in two places.
+    table = app.Table(
+        "backfill_jobs",
+        default=None,
+        key_type=str,
+        value_type=bytes,
+        partitions=1,
+        use_partitioner=True,
+    )
+    # Values are the Avro records themselves, so the CLI and other workers can read the
+    # changelog. Set before the changelog topic is first built, which copies it.
+    table.value_serializer = "raw"
+
+    def owns() -> bool:
+        return not app.rebalancing and commands_tp in app.assignor.assigned_actives()
+
+    jobs = JobStore(table, settings, owns)
+    replayer = Replayer(settings, store, embedder, models, jobs, view, live)
+    running: dict[str, asyncio.Task[None]] = {}
+
+    @app.agent(commands)
+    async def backfill_commands(stream: faust.Stream) -> None:
+        async for event in stream.events():
+            try:
+                command = command_codec.decode(event.value or b"")
+            except SchemaError as exc:
+                await (await _dead_letter(app, event, exc))
+                continue
+            at = now()
+            if command["op"] == "RETIRE":
+                changed = retire(jobs.all(), command["target_collection"], at)
+            else:
+                job = apply_command(jobs.get(command["job_id"]), command, at)
+                changed = [job] if job is not None else []
+            for job in changed:
+                jobs.put(job)
+            log.info(
+                "backfill command",
+                extra={"op": command["op"], "job_id": command["job_id"], "changed": len(changed)},
+            )
+
+    @app.timer(interval=1.0)
+    async def supervise_backfills() -> None:
+        if app.in_recovery or not owns():
+            for task in running.values():
+                task.cancel()
+            running.clear()
+            return
+        for job_id in [j for j, t in running.items() if t.done()]:
+            running.pop(job_id)
+        all_jobs = jobs.all()
+        resumed = [j for j in all_jobs if j["state"] == "RUNNING" and j["job_id"] not in running]
+        limit = settings.backfill.max_concurrent_jobs
+        for job in resumed + jobs_to_start(all_jobs, len(running) + len(resumed), limit):
+            running[job["job_id"]] = asyncio.ensure_future(replayer.run(job["job_id"]))
+        telemetry.backfill_jobs.update(
+            active=len(running), queued=sum(j["state"] == "PENDING" for j in all_jobs)
+        )
+
+    @app.on_before_shutdown.connect
+    async def stop_backfills(_app: faust.App, **_kwargs: Any) -> None:
+        for task in running.values():
+            task.cancel()
+        await view.stop()
 
 
 def load_models(settings: Settings) -> list[EmbeddingModel]:

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
 from streamproc.derive import derive_projection
-from streamproc.kafka_io import decode_value, producer
+from streamproc.kafka_io import decode_value, partitions_of, producer
 from streamproc.runner import settings_file, worker_argv
 from streamproc.settings import REPO_ROOT, ModelSpec, Settings
 from streamproc.workers import splitter_for
@@ -184,3 +184,51 @@ def running_workers(
         yield workers
     finally:
         workers.stop()
+
+
+def drained(settings: Settings, timeout: float = 180.0) -> None:
+    """Wait until the chunker and the embedder groups have committed every message so far."""
+
+    async def lag() -> int:
+        from aiokafka import TopicPartition
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+        await admin.start()
+        await consumer.start()
+        try:
+            total = 0
+            for role, topic in (("chunker", "chunk-requested"), ("embedder", "embed-requested")):
+                name = settings.topic(topic)
+                tps = [TopicPartition(name, p) for p in await partitions_of(consumer, name)]
+                committed = await admin.list_consumer_group_offsets(
+                    f"{settings.worker.app_id}-{role}"
+                )
+                ends = await consumer.end_offsets(tps)
+                total += sum(
+                    ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps
+                )
+            return total
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    deadline = time.monotonic() + timeout
+    while (behind := asyncio.run(lag())) > 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"workers still {behind} messages behind after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def corpus_events(tenant: str, suffix: str = "") -> list[dict[str, Any]]:
+    kinds = {".html": "text/html", ".md": "text/markdown"}
+    return [
+        event(
+            tenant,
+            f"{path.stem}{suffix}",
+            path.read_text(),
+            content_type=kinds.get(path.suffix, "text/plain"),
+        )
+        for path in sorted(CORPUS.iterdir())
+    ]

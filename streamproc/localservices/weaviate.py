@@ -61,6 +61,8 @@ class LocalWeaviate:
             "PERSISTENCE_DATA_PATH": str(self.state / "data"),
             "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
             "DEFAULT_VECTORIZER_MODULE": "none",
+            # A write to a retired collection must fail, not quietly create it again.
+            "AUTOSCHEMA_ENABLED": "false",
             "CLUSTER_HOSTNAME": "node1",
             "CLUSTER_IN_LOCALHOST": "true",
             "CLUSTER_ADVERTISE_ADDR": "127.0.0.1",

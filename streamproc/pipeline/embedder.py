@@ -70,20 +70,42 @@ class Embedder:
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="weaviate")
         self._heading_cache: dict[str, OrderedDict[str, np.ndarray]] = {}
+        # Live batches in progress; background (backfill) encodes wait until there are none,
+        # so a live batch waits behind at most one background sub-batch.
+        self._live = 0
+        self._live_idle = asyncio.Event()
+        self._live_idle.set()
 
     def close(self) -> None:
         self._encode_pool.shutdown(wait=True)
         self._io_pool.shutdown(wait=True)
 
-    async def handle(self, requests: Sequence[dict[str, Any]]) -> BatchResult:
-        result = BatchResult()
-        for segment in conflict_free_segments([r["chunk_key"] for r in requests]):
-            upserts = [i for i in segment if requests[i]["op"] == "UPSERT"]
-            deletes = [i for i in segment if requests[i]["op"] == "DELETE"]
-            for target in self.targets:
-                await self._upsert(target, requests, upserts, result)
-                await self._delete(target, requests, deletes, result)
-        return result
+    async def handle(
+        self,
+        requests: Sequence[dict[str, Any]],
+        targets: Sequence[Target] | None = None,
+        *,
+        background: bool = False,
+    ) -> BatchResult:
+        """Write `requests` to `targets` (default: the configured ones). A background call
+        (a backfill replay) yields the encoder to live batches."""
+        if not background:
+            self._live += 1
+            self._live_idle.clear()
+        try:
+            result = BatchResult()
+            for segment in conflict_free_segments([r["chunk_key"] for r in requests]):
+                upserts = [i for i in segment if requests[i]["op"] == "UPSERT"]
+                deletes = [i for i in segment if requests[i]["op"] == "DELETE"]
+                for target in self.targets if targets is None else targets:
+                    await self._upsert(target, requests, upserts, result, background)
+                    await self._delete(target, requests, deletes, result)
+            return result
+        finally:
+            if not background:
+                self._live -= 1
+                if not self._live:
+                    self._live_idle.set()
 
     async def _upsert(
         self,
@@ -91,6 +113,7 @@ class Embedder:
         requests: Sequence[dict[str, Any]],
         indices: list[int],
         result: BatchResult,
+        background: bool,
     ) -> None:
         if not indices:
             return
@@ -100,6 +123,8 @@ class Embedder:
         for group in sub_batches(counts, self.settings.max_batch, self.settings.max_batch_tokens):
             members = [indices[g] for g in group]
             chunks = [requests[i]["chunk"] for i in members]
+            if background:
+                await self._live_idle.wait()
             started = time.perf_counter()
             with tracer.start_as_current_span(
                 "encode",

@@ -1,0 +1,178 @@
+"""The serving alias and the collections behind it: promote (verified), rollback, list, retire.
+
+Every flip is recorded on `alias-changes`, so a rollback knows where to go back to and anyone
+can read the history with `streamproc tail alias-changes --from-beginning`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from streamproc.avro_codec import load_schemas
+from streamproc.backfill.commands import read_jobs, send_retire, wait_for
+from streamproc.backfill.jobs import LIVE_WRITE_STATES, Job, now
+from streamproc.backfill.verification import Verification, verify_collection_for_flip
+from streamproc.errors import StreamprocError
+from streamproc.kafka_io import producer, read_to_end
+from streamproc.models import EmbeddingModel
+from streamproc.settings import Settings
+from streamproc.weaviate_store import WeaviateStore, connect
+
+CHANGES_TOPIC = "alias-changes"
+
+
+class VerificationFailed(StreamprocError):
+    def __init__(self, report: Verification) -> None:
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in report.failures)
+        super().__init__(f"refusing to flip the alias to {report.collection}: {failed}")
+        self.report = report
+
+
+async def _record(settings: Settings, change: dict[str, object]) -> None:
+    codec = load_schemas(settings.schemas_dir).codec("AliasChange")
+    async with producer(settings) as prod:
+        key = str(change["alias"]).encode()
+        await (await prod.send(settings.topic(CHANGES_TOPIC), codec.encode(change), key=key))
+
+
+async def _history(settings: Settings) -> list[dict[str, object]]:
+    codec = load_schemas(settings.schemas_dir).codec("AliasChange")
+    alias = settings.weaviate.collection_prefix
+    changes = [
+        codec.decode(r.value)
+        async for r in read_to_end(settings, settings.topic(CHANGES_TOPIC))
+        if r.value is not None
+    ]
+    return [c for c in changes if c["alias"] == alias]
+
+
+def history(settings: Settings) -> list[dict[str, object]]:
+    return asyncio.run(_history(settings))
+
+
+def _flip(settings: Settings, target: str, action: str, report: str | None) -> str | None:
+    alias = settings.weaviate.collection_prefix
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        if not client.collections.exists(target):
+            raise StreamprocError(f"collection {target} does not exist")
+        previous = store.point_alias(alias, target)
+    change = {
+        "alias": alias,
+        "previous": previous,
+        "current": target,
+        "action": action,
+        "report": report,
+        "changed_at": now(),
+    }
+    asyncio.run(_record(settings, change))
+    return previous
+
+
+def promote(
+    settings: Settings, collection: str, model: EmbeddingModel | None = None
+) -> tuple[Verification, str | None]:
+    """Verify `collection`, then point the alias at it; refuses (alias untouched) on failure."""
+    report = verify_collection_for_flip(settings, collection, model)
+    if not report.ok:
+        raise VerificationFailed(report)
+    return report, _flip(settings, collection, "PROMOTE", report.summary())
+
+
+def default_promotion_target(settings: Settings) -> str:
+    """The newest completed backfill's collection, when the alias does not serve it yet."""
+    jobs = sorted(asyncio.run(read_jobs(settings)).values(), key=lambda j: j["created_at"])
+    with connect(settings.weaviate) as client:
+        serving = WeaviateStore(client).alias_target(settings.weaviate.collection_prefix)
+    for job in reversed(jobs):
+        if job["state"] == "COMPLETED" and not job["retired"]:
+            if job["target_collection"] == serving:
+                break
+            return str(job["target_collection"])
+    raise StreamprocError("no completed backfill to promote; pass --collection")
+
+
+def rollback(settings: Settings) -> tuple[str, str]:
+    """Point the alias back where it was before the last flip; returns (from, to)."""
+    alias = settings.weaviate.collection_prefix
+    with connect(settings.weaviate) as client:
+        current = WeaviateStore(client).alias_target(alias)
+    last = next((c for c in reversed(history(settings)) if c["current"] == current), None)
+    if current is None or last is None or not last["previous"]:
+        raise StreamprocError(f"alias {alias} has no recorded previous collection to go back to")
+    previous = str(last["previous"])
+    _flip(settings, previous, "ROLLBACK", None)
+    return current, previous
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    model: str
+    objects: int
+    served: bool
+    live_writes: str  # who keeps it fresh: "configured", "backfill job <id> (<state>)", or "-"
+
+
+def list_collections(settings: Settings) -> list[CollectionInfo]:
+    alias = settings.weaviate.collection_prefix
+    jobs = asyncio.run(read_jobs(settings))
+    configured = {settings.collection_for(s) for s in settings.target_models}
+    infos = []
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        serving = store.alias_target(alias)
+        for name in store.collections(alias):
+            try:
+                spec = settings.model_for_collection(name)
+                model = f"{spec.name} {spec.version} ({spec.dimension}d)"
+            except StreamprocError:
+                model = "unregistered"
+            writers = [j for j in jobs.values() if _writes(j, name)]
+            live = (
+                "configured"
+                if name in configured
+                else (
+                    f"backfill job {writers[-1]['job_id']} ({writers[-1]['state']})"
+                    if writers
+                    else "-"
+                )
+            )
+            objects = sum(store.count(name, t) for t in store.tenants(name))
+            infos.append(CollectionInfo(name, model, objects, name == serving, live))
+    return infos
+
+
+def _writes(job: Job, collection: str) -> bool:
+    return (
+        job["target_collection"] == collection
+        and not job["retired"]
+        and (job["state"] in LIVE_WRITE_STATES or job["state"] == "PENDING")
+    )
+
+
+def retire(settings: Settings, name: str, timeout_s: float = 60.0) -> None:
+    """Delete a collection the alias does not serve, after live writes to it have stopped."""
+    alias = settings.weaviate.collection_prefix
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        if not client.collections.exists(name):
+            raise StreamprocError(f"collection {name} does not exist")
+        if store.alias_target(alias) == name:
+            raise StreamprocError(
+                f"{name} is served by alias {alias}; promote or roll back to another "
+                "collection first"
+            )
+    if name in {settings.collection_for(s) for s in settings.target_models}:
+        raise StreamprocError(
+            f"the embedders are configured to write {name} (active_model / "
+            "embedder.target_models); change that setting and restart them first"
+        )
+    writers = [j for j in asyncio.run(read_jobs(settings)).values() if _writes(j, name)]
+    send_retire(settings, name)
+    for job in writers:
+        # Once the job table says retired, no live batch starts writing it any more.
+        wait_for(settings, str(job["job_id"]), lambda j: bool(j["retired"]), timeout_s)
+    with connect(settings.weaviate) as client:
+        WeaviateStore(client).drop(name)

@@ -1,0 +1,145 @@
+"""The operator's side of backfill jobs: commands to the job table, and reading it back.
+
+Commands go to `backfill-commands`, which the embedder that owns the job table consumes; the
+table's state is read from its changelog, so these work from any machine with Kafka access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from streamproc.avro_codec import load_schemas
+from streamproc.backfill.jobs import TERMINAL, Job, conflicting_job, new_job, now
+from streamproc.errors import StreamprocError
+from streamproc.kafka_io import producer, read_to_end
+from streamproc.settings import Settings
+from streamproc.weaviate_store import WeaviateStore, connect
+
+COMMANDS_TOPIC = "backfill-commands"
+
+
+async def _send(settings: Settings, key: str, command: dict[str, Any]) -> None:
+    codec = load_schemas(settings.schemas_dir).codec("BackfillCommand")
+    async with producer(settings) as prod:
+        await (
+            await prod.send(settings.topic(COMMANDS_TOPIC), codec.encode(command), key=key.encode())
+        )
+
+
+async def _records(settings: Settings, topic: str) -> list[tuple[str, bytes | None]]:
+    try:
+        return [
+            (r.key.decode() if r.key is not None else "", r.value)
+            async for r in read_to_end(settings, topic)
+        ]
+    except StreamprocError:
+        return []  # the topic does not exist yet: no worker has created the job table
+
+
+async def read_jobs(settings: Settings) -> dict[str, Job]:
+    """The job table as its changelog says, plus STARTs no worker has picked up yet (PENDING)."""
+    schemas = load_schemas(settings.schemas_dir)
+    job_codec, command_codec = schemas.codec("BackfillJob"), schemas.codec("BackfillCommand")
+    jobs: dict[str, Job] = {}
+    for _, value in await _records(settings, settings.jobs_changelog):
+        if value is not None:  # jobs are never deleted from the table
+            job = job_codec.decode(value)
+            jobs[job["job_id"]] = job
+    for _, value in await _records(settings, settings.topic(COMMANDS_TOPIC)):
+        command = command_codec.decode(value) if value is not None else None
+        if command and command["op"] == "START" and command["job_id"] not in jobs:
+            jobs[command["job_id"]] = new_job(command, command["requested_at"])
+    return jobs
+
+
+def start_job(
+    settings: Settings,
+    model_name: str,
+    tenant: str | None = None,
+    priority: str = "MEDIUM",
+    auto_promote: bool = False,
+) -> str:
+    """Queue a replay of the chunk topic into `model_name`'s collection; returns the job id."""
+    spec = settings.model(model_name)
+    collection = settings.collection_for(spec)
+    with connect(settings.weaviate) as client:
+        serving = WeaviateStore(client).alias_target(settings.weaviate.collection_prefix)
+    if serving == collection:
+        raise StreamprocError(
+            f"{collection} is the collection the alias serves; a backfill never writes the "
+            "serving collection. Register the model under a new version for a new collection."
+        )
+    busy = conflicting_job(asyncio.run(read_jobs(settings)).values(), collection)
+    if busy is not None:
+        raise StreamprocError(
+            f"job {busy['job_id']} is already {busy['state']} into {collection}; "
+            f"cancel it first (`streamproc backfill cancel {busy['job_id']}`)"
+        )
+    job_id = uuid.uuid4().hex[:12]
+    command = {
+        "op": "START",
+        "job_id": job_id,
+        "model_name": model_name,
+        "target_collection": collection,
+        "tenant": tenant,
+        "priority": priority,
+        "auto_promote": auto_promote,
+        "requested_at": now(),
+    }
+    asyncio.run(_send(settings, job_id, command))
+    return job_id
+
+
+def cancel_job(settings: Settings, job_id: str) -> Job:
+    job = asyncio.run(read_jobs(settings)).get(job_id)
+    if job is None:
+        raise StreamprocError(f"no backfill job {job_id!r}; `streamproc backfill list` shows them")
+    if job["state"] in TERMINAL:
+        raise StreamprocError(f"job {job_id} is already {job['state']}; nothing to cancel")
+    asyncio.run(_send(settings, job_id, {"op": "CANCEL", "job_id": job_id, "requested_at": now()}))
+    return job
+
+
+def send_retire(settings: Settings, collection: str) -> None:
+    asyncio.run(
+        _send(
+            settings,
+            collection,
+            {
+                "op": "RETIRE",
+                "job_id": "",
+                "target_collection": collection,
+                "requested_at": now(),
+            },
+        )
+    )
+
+
+def wait_for(
+    settings: Settings,
+    job_id: str,
+    until: Callable[[Job], bool],
+    timeout_s: float,
+    on_change: Callable[[Job], None] | None = None,
+) -> Job:
+    """Poll the job table until `until(job)` holds; `on_change` sees every new state."""
+    deadline = time.monotonic() + timeout_s
+    last: Job | None = None
+    while True:
+        job = asyncio.run(read_jobs(settings)).get(job_id)
+        if job is not None and job != last:
+            last = job
+            if on_change:
+                on_change(job)
+            if until(job):
+                return job
+        if time.monotonic() > deadline:
+            state = last["state"] if last else "unknown"
+            raise StreamprocError(
+                f"job {job_id} is still {state} after {timeout_s:.0f}s; is an embedder running?"
+            )
+        time.sleep(0.5)

@@ -1,0 +1,444 @@
+"""The backfill agent's work: replay the compacted chunk topic into a job's target collection.
+
+Runs inside the embedder worker that owns the job table, beside live embedding and sharing its
+encoder, which serves live batches first. Progress is saved to the table after every batch, so
+a worker killed at any point resumes from its last saved offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from opentelemetry import trace
+
+from streamproc import telemetry
+from streamproc.avro_codec import load_schemas
+from streamproc.backfill import replay
+from streamproc.backfill.jobs import Job, now
+from streamproc.backfill.view import JobsView
+from streamproc.errors import ConfigurationError, PermanentError, TransientError
+from streamproc.kafka_io import partitions_of
+from streamproc.models import EmbeddingModel, load_model
+from streamproc.naming import object_uuid
+from streamproc.pipeline.embedder import Embedder, Target
+from streamproc.settings import Settings
+from streamproc.weaviate_store import WeaviateStore
+
+log = logging.getLogger(__name__)
+
+
+class Stopped(Exception):
+    """The job was cancelled or retired, or this worker no longer owns the job table."""
+
+
+class ModelPool:
+    """Models by registry name, loaded once per worker and shared by live and backfill."""
+
+    def __init__(self, settings: Settings, loaded: list[EmbeddingModel]) -> None:
+        self.settings = settings
+        self._models = {m.spec.name: m for m in loaded}
+        self._lock = asyncio.Lock()
+
+    async def get(self, name: str) -> EmbeddingModel:
+        async with self._lock:
+            if name not in self._models:
+                try:
+                    spec = self.settings.model(name)
+                except KeyError as exc:
+                    raise ConfigurationError(str(exc)) from exc
+                self._models[name] = await asyncio.to_thread(
+                    load_model, spec, self.settings.embedder.device
+                )
+            return self._models[name]
+
+
+class LiveLoad:
+    """How busy live embedding is: the embedder group's lag and its latest batch latency."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.group = f"{settings.worker.app_id}-embedder"
+        self.topic = settings.topic("embed-requested")
+        self._latency: tuple[float, float] = (0.0, 0.0)  # (seconds, monotonic time seen)
+
+    def observe_latency(self, seconds: float) -> None:
+        self._latency = (seconds, time.monotonic())
+
+    async def reason(self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer) -> str | None:
+        limits = self.settings.backfill
+        latency, seen = self._latency
+        if time.monotonic() - seen < 5.0 and latency > limits.throttle_live_latency_s:
+            return (
+                f"live ingest-to-embed-done latency {latency:.1f}s > "
+                f"{limits.throttle_live_latency_s:.1f}s"
+            )
+        committed = await admin.list_consumer_group_offsets(self.group)
+        tps = [tp for tp in committed if tp.topic == self.topic]
+        if not tps:
+            return None
+        ends = await consumer.end_offsets(tps)
+        lag = sum(max(0, ends[tp] - committed[tp].offset) for tp in tps)
+        if lag > limits.throttle_live_lag:
+            return f"live embed-requested lag {lag} > {limits.throttle_live_lag} messages"
+        return None
+
+
+class JobStore:
+    """The job table seen as Avro job records; `save` refuses to resurrect a stopped job."""
+
+    def __init__(self, table: Any, settings: Settings, owns: Callable[[], bool]) -> None:
+        self.table = table
+        self.codec = load_schemas(settings.schemas_dir).codec("BackfillJob")
+        self.owns = owns
+
+    def get(self, job_id: str) -> Job | None:
+        value = self.table.get(job_id)
+        return self.codec.decode(value) if value is not None else None
+
+    def all(self) -> list[Job]:
+        return [self.codec.decode(v) for v in self.table.values() if v is not None]
+
+    def put(self, job: Job) -> None:
+        self.table[job["job_id"]] = self.codec.encode({**job, "updated_at": now()})
+
+    def save(self, job: Job) -> None:
+        """No await between the check and the write: a CANCEL applied by the command agent is
+        never overwritten by a runner that had not seen it yet."""
+        current = self.get(job["job_id"])
+        if (
+            not self.owns()
+            or current is None
+            or current["state"] == "CANCELLED"
+            or current["retired"]
+        ):
+            raise Stopped(job["job_id"])
+        self.put(job)
+
+
+class Replayer:
+    def __init__(
+        self,
+        settings: Settings,
+        store: WeaviateStore,
+        embedder: Embedder,
+        models: ModelPool,
+        jobs: JobStore,
+        view: JobsView,
+        live: LiveLoad,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.models = models
+        self.jobs = jobs
+        self.view = view
+        self.live = live
+        self.chunks_topic = settings.topic("chunks")
+        self.codec = load_schemas(settings.schemas_dir).codec("ChunkRecord")
+
+    async def run(self, job_id: str) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka.bootstrap_servers, enable_auto_commit=False
+        )
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap_servers)
+        await consumer.start()
+        await admin.start()
+        try:
+            await self._run(job_id, consumer, admin)
+        except Stopped:
+            log.info("backfill stopped", extra={"job_id": job_id})
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    async def _run(
+        self, job_id: str, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient
+    ) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        try:
+            model = await self.models.get(job["model_name"])
+            target = Target(model, job["target_collection"])
+            await asyncio.to_thread(self._prepare_collection, target)
+            tps = [
+                TopicPartition(self.chunks_topic, p)
+                for p in sorted(await partitions_of(consumer, self.chunks_topic))
+            ]
+            consumer.assign(tps)
+            if job["state"] == "PENDING":
+                job = {**job, "state": "RUNNING", "started_at": now()}
+                self.jobs.save(job)
+                log.info(
+                    "backfill started", extra={"job_id": job_id, "collection": target.collection}
+                )
+            if not job["watermarks"]:
+                job = await self._first_pass(job, consumer, tps)
+            await self._replay(job, target, consumer, admin, tps)
+        except (Stopped, asyncio.CancelledError, TransientError):
+            # Cancelled, ownership moved, or a service is down: the saved progress stays and
+            # the owner resumes from it.
+            raise
+        except Exception as exc:  # any other failure ends the job, saying why
+            self._fail(job_id, exc)
+
+    def _prepare_collection(self, target: Target) -> None:
+        serving = self.store.alias_target(self.settings.weaviate.collection_prefix)
+        if serving == target.collection:
+            raise PermanentError(
+                f"{target.collection} is served by the alias; a backfill never writes it"
+            )
+        self.store.ensure_collection(target.collection, target.model.dimension)
+
+    async def _first_pass(
+        self, job: Job, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+    ) -> Job:
+        # Every embedder refreshes its job view before each live batch: once RUNNING is on the
+        # changelog, live batches write the target too, so watermarks taken now miss nothing.
+        while (self.view.jobs.get(job["job_id"]) or {}).get("state") != "RUNNING":
+            await self.view.refresh()
+            await asyncio.sleep(0.05)
+        starts = _by_partition(await consumer.beginning_offsets(tps))
+        ends = _by_partition(await consumer.end_offsets(tps))
+        job = {
+            **job,
+            "range_starts": starts,
+            "positions": dict(starts),
+            "watermarks": ends,
+            "items_total": replay.pass_size(starts, ends),
+        }
+        self.jobs.save(job)
+        return job
+
+    async def _replay(
+        self,
+        job: Job,
+        target: Target,
+        consumer: AIOKafkaConsumer,
+        admin: AIOKafkaAdminClient,
+        tps: list[TopicPartition],
+    ) -> None:
+        # A pass resumed half-way may have written before the crash: count it as writing.
+        writes = int(job["positions"] != job["range_starts"])
+        while True:
+            with telemetry.tracer.start_as_current_span(
+                "backfill pass",
+                attributes={
+                    "streamproc.job_id": job["job_id"],
+                    "streamproc.pass": job["pass_number"],
+                    "streamproc.collection": target.collection,
+                },
+            ):
+                job, written = await self._pass(job, target, consumer, admin)
+            writes += written
+            ends = _by_partition(await consumer.end_offsets(tps))
+            if replay.finished(
+                job["pass_number"],
+                writes,
+                job["watermarks"],
+                ends,
+                self.settings.backfill.max_catch_up_passes,
+            ):
+                break
+            job = {
+                **job,
+                "pass_number": job["pass_number"] + 1,
+                "range_starts": dict(job["watermarks"]),
+                "positions": dict(job["watermarks"]),
+                "watermarks": ends,
+                "items_total": job["items_total"] + replay.pass_size(job["watermarks"], ends),
+            }
+            self.jobs.save(job)
+            writes = 0
+        job = {**job, "state": "COMPLETED", "finished_at": now(), "throttled": None}
+        self.jobs.save(job)
+        telemetry.reembed_completed.add(1)
+        log.info(
+            "backfill completed",
+            extra={
+                "job_id": job["job_id"],
+                "reembedded": job["items_reembedded"],
+                "passes": job["pass_number"] + 1,
+            },
+        )
+        if job["auto_promote"]:
+            await self._auto_promote(job, target)
+
+    async def _pass(
+        self,
+        job: Job,
+        target: Target,
+        consumer: AIOKafkaConsumer,
+        admin: AIOKafkaAdminClient,
+    ) -> tuple[Job, int]:
+        """Replay [positions, watermarks) of every partition; returns the job and the writes."""
+        tenant = job["tenant"]
+        written = 0
+        for partition, end in sorted(job["watermarks"].items()):
+            tp = TopicPartition(self.chunks_topic, int(partition))
+            last = replay.last_offsets(
+                [
+                    (r.offset, r.key.decode())
+                    async for r in _scan(consumer, tp, job["range_starts"].get(partition, 0), end)
+                    if r.key is not None and replay.in_scope(r.key.decode(), tenant)
+                ]
+            )
+            batch: list[ConsumerRecord[bytes, bytes]] = []
+            position = job["positions"].get(partition, 0)
+            async for record in _scan(consumer, tp, position, end):
+                key = record.key.decode() if record.key is not None else ""
+                if last.get(key) == record.offset:
+                    batch.append(record)
+                if len(batch) >= self.settings.backfill.batch_size:
+                    job, n = await self._batch(job, target, batch, admin, consumer)
+                    written += n
+                    job = self._advance(job, partition, record.offset + 1)
+                    batch = []
+            if batch:
+                job, n = await self._batch(job, target, batch, admin, consumer)
+                written += n
+            job = self._advance(job, partition, end)
+        return job, written
+
+    def _advance(self, job: Job, partition: str, offset: int) -> Job:
+        moved = offset - job["positions"].get(partition, 0)
+        job = {
+            **job,
+            "positions": {**job["positions"], partition: offset},
+            "items_done": job["items_done"] + max(0, moved),
+        }
+        self.jobs.save(job)
+        return job
+
+    async def _batch(
+        self,
+        job: Job,
+        target: Target,
+        records: list[ConsumerRecord[bytes, bytes]],
+        admin: AIOKafkaAdminClient,
+        consumer: AIOKafkaConsumer,
+    ) -> tuple[Job, int]:
+        job = await self._wait_for_live(job, admin, consumer)
+        values = {
+            r.key.decode(): (self.codec.decode(r.value) if r.value is not None else None, r)
+            for r in records
+            if r.key is not None
+        }
+        held = await asyncio.to_thread(self._held, target.collection, values)
+        requests, skipped = [], 0
+        for key, (value, record) in values.items():
+            action = replay.decide(value, held.get(object_uuid(key)))
+            if action in (replay.Action.UPSERT, replay.Action.DELETE):
+                requests.append(replay.as_request(key, value, _record_time(record)))
+            elif action is replay.Action.SKIP:
+                skipped += 1
+        result = (
+            await self.embedder.handle(requests, [target], background=True) if requests else None
+        )
+        if result is not None and result.failed:
+            reasons = sorted(set(result.failed.values()))
+            raise PermanentError(f"{len(result.failed)} objects rejected by Weaviate: {reasons[0]}")
+        upserted = sum(r["op"] == "UPSERT" for r in requests)
+        telemetry.reembed_batches.add(1, {"collection": target.collection})
+        telemetry.reembed_items.add(upserted, {"collection": target.collection})
+        job = {
+            **job,
+            "batches": job["batches"] + 1,
+            "items_reembedded": job["items_reembedded"] + upserted,
+            "items_deleted": job["items_deleted"] + len(requests) - upserted,
+            "items_skipped": job["items_skipped"] + skipped,
+        }
+        return job, len(requests)
+
+    def _held(
+        self, collection: str, values: Mapping[str, tuple[Any, Any]]
+    ) -> dict[UUID, replay.Held]:
+        by_tenant: dict[str, list[UUID]] = {}
+        for key in values:
+            by_tenant.setdefault(key.split("/", 1)[0], []).append(object_uuid(key))
+        held: dict[UUID, replay.Held] = {}
+        for tenant, uuids in by_tenant.items():
+            for uuid, (ingested_at, sha) in self.store.held(collection, tenant, uuids).items():
+                held[uuid] = replay.Held(ingested_at, sha)
+        return held
+
+    async def _wait_for_live(
+        self, job: Job, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer
+    ) -> Job:
+        """Live traffic first: pause while the live path is behind, and say so in the job."""
+        while (reason := await self.live.reason(admin, consumer)) is not None:
+            if not job["throttled"]:
+                job = {**job, "throttled": reason}
+                self.jobs.save(job)
+                log.info("backfill throttled", extra={"job_id": job["job_id"], "reason": reason})
+            else:
+                self.jobs.save(job)  # still ours and not cancelled
+            await asyncio.sleep(0.5)
+        if job["throttled"]:
+            job = {**job, "throttled": None}
+            self.jobs.save(job)
+        return job
+
+    async def _auto_promote(self, job: Job, target: Target) -> None:
+        from streamproc.backfill.alias import VerificationFailed, promote
+
+        try:
+            report, previous = await asyncio.to_thread(
+                promote, self.settings, target.collection, target.model
+            )
+            verdict = f"promoted (alias was {previous}): {report.summary()}"
+        except VerificationFailed as exc:
+            verdict = f"not promoted: {exc}"
+        log.info("backfill auto-promote", extra={"job_id": job["job_id"], "verdict": verdict})
+        current = self.jobs.get(job["job_id"])
+        if current is not None:
+            self.jobs.put({**current, "verification": verdict})
+
+    def _fail(self, job_id: str, exc: Exception) -> None:
+        telemetry.reembed_failed.add(1)
+        telemetry.record_error(trace.get_current_span(), exc)
+        log.error(
+            "backfill failed", extra={"job_id": job_id, "error": f"{type(exc).__name__}: {exc}"}
+        )
+        current = self.jobs.get(job_id)
+        if current is not None and current["state"] not in ("CANCELLED", "COMPLETED"):
+            self.jobs.put(
+                {
+                    **current,
+                    "state": "FAILED",
+                    "error": f"{type(exc).__name__}: {exc}"[:2000],
+                    "throttled": None,
+                    "finished_at": now(),
+                }
+            )
+
+
+def _by_partition(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
+    return {str(tp.partition): offset for tp, offset in offsets.items()}
+
+
+def _record_time(record: ConsumerRecord[bytes, bytes]) -> datetime:
+    return datetime.fromtimestamp(record.timestamp / 1000, tz=UTC)
+
+
+async def _scan(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Records of `tp` with offsets in [start, end), in order."""
+    if start >= end:
+        return
+    consumer.seek(tp, start)
+    while await consumer.position(tp) < end:
+        batch = await consumer.getmany(tp, timeout_ms=1000)
+        for record in batch.get(tp, []):
+            if record.offset >= end:
+                return
+            yield record

@@ -1,0 +1,66 @@
+"""Every worker's view of the backfill jobs: the job table's changelog, read up to its end.
+
+The table lives in the worker that owns it; the other embedders learn which collections they
+must also write from its changelog. `refresh()` before each live batch reads up to the
+changelog's end offset at that moment, so a batch that starts after a job was marked RUNNING
+always writes that job's collection too: the replay's watermarks are taken only after then.
+"""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streamproc.avro_codec import load_schemas
+from streamproc.backfill.jobs import Job
+from streamproc.kafka_io import partitions_of
+from streamproc.settings import Settings
+
+
+class JobsView:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.jobs_changelog
+        self.codec = load_schemas(settings.schemas_dir).codec("BackfillJob")
+        self.jobs: dict[str, Job] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tps: list[TopicPartition] = []
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+        )
+        await consumer.start()
+        try:
+            partitions = await partitions_of(consumer, self.topic)
+        except Exception:
+            await consumer.stop()
+            raise
+        self._tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(self._tps)
+        await consumer.seek_to_beginning(*self._tps)
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def refresh(self) -> dict[str, Job]:
+        if self._consumer is None:
+            await self.start()
+        consumer = self._consumer
+        assert consumer is not None
+        ends = await consumer.end_offsets(self._tps)
+        behind = {tp for tp in self._tps if await consumer.position(tp) < ends[tp]}
+        while behind:
+            batch = await consumer.getmany(*behind, timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    # Jobs are never deleted from the table, so every record is a job.
+                    if record.value is not None:
+                        job = self.codec.decode(record.value)
+                        self.jobs[job["job_id"]] = job
+            behind = {tp for tp in behind if await consumer.position(tp) < ends[tp]}
+        return self.jobs
