@@ -20,7 +20,7 @@ def derive_projection(
 ) -> Path:
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Dense, Normalize
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
     if (out_dir / "modules.json").exists():
         return out_dir

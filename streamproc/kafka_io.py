@@ -121,13 +121,17 @@ async def read_to_end(
         bootstrap_servers=settings.kafka.bootstrap_servers,
         enable_auto_commit=False,
         isolation_level="read_committed",
+        # An assignment's first position is resolved in the background; with the default
+        # ("latest") that can race the explicit seeks below and skip the whole topic.
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
+        for tp, offset in (await consumer.beginning_offsets(tps)).items():
+            consumer.seek(tp, offset)
         remaining = {tp for tp in tps if ends[tp] > 0}
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=1000)

@@ -146,7 +146,9 @@ class Replayer:
 
     async def run(self, job_id: str) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka.bootstrap_servers, enable_auto_commit=False
+            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
         )
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap_servers)
         await consumer.start()

@@ -30,6 +30,7 @@ class JobsView:
             bootstrap_servers=self.settings.kafka.bootstrap_servers,
             enable_auto_commit=False,
             fetch_max_wait_ms=50,
+            auto_offset_reset="earliest",
         )
         await consumer.start()
         try:
