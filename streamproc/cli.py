@@ -312,23 +312,13 @@ def backfill_start(
 
 
 def _follow_job(settings: Settings, job_id: str) -> None:
-    from tqdm import tqdm
+    from streamproc.backfill.commands import follow_job
+    from streamproc.backfill.jobs import describe, now
 
-    from streamproc.backfill.commands import wait_for
-    from streamproc.backfill.jobs import TERMINAL, describe, now
-
-    with tqdm(desc=f"backfill {job_id}", unit="offset") as bar:
-
-        def show(job: dict[str, object]) -> None:
-            bar.total = int(job["items_total"])  # type: ignore[call-overload]
-            bar.n = int(job["items_done"])  # type: ignore[call-overload]
-            bar.set_postfix_str(str(job["throttled"] or job["state"]))
-            bar.refresh()
-
-        try:
-            job = wait_for(settings, job_id, lambda j: j["state"] in TERMINAL, 3600, show)
-        except StreamprocError as exc:
-            raise _fail(exc) from exc
+    try:
+        job = follow_job(settings, job_id)
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
     for line in describe(job, now()):
         typer.echo(line)
     if job["state"] != "COMPLETED":

@@ -1,8 +1,9 @@
 """`streamproc demo`: the main job end to end on the configured services.
 
 Services up (when local), topology applied, a worker started, the shipped corpus produced as
-ingest-complete events, a progress bar until every chunk has its embed-done, a search through
-the alias, and everything this run started stopped again.
+ingest-complete events, a progress bar until every chunk has its embed-done, searches through
+the alias; then a model rotation (backfill with a progress bar, verification, the flip, the same
+search answered by the new model, a rollback), and everything this run started stopped again.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from aiokafka import TopicPartition
 from tqdm import tqdm
 
 from streamproc.avro_codec import load_schemas
+from streamproc.backfill.alias import promote, rollback
+from streamproc.backfill.commands import follow_job, start_job
+from streamproc.backfill.jobs import describe, now
 from streamproc.chunking.extract import extract_sections
+from streamproc.derive import projected_model
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import end_offsets, follow
 from streamproc.localservices.manager import LocalServices
 from streamproc.produce import Document, content_type, expand, produce_documents
 from streamproc.runner import worker_subprocess
 from streamproc.search import search_alias
-from streamproc.settings import REPO_ROOT, Settings
+from streamproc.settings import REPO_ROOT, ModelSpec, Settings
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
 from streamproc.workers import splitter_for
@@ -67,6 +72,10 @@ def expected_chunks(settings: Settings, docs: list[Document]) -> int:
 
 def run_demo(settings: Settings, manage_services: bool = True) -> None:
     started = time.monotonic()
+    # The model the demo rotates to: derived on this machine, no model hub needed.
+    second = projected_model(settings.local.cache_dir)
+    if second.name not in {m.name for m in settings.models}:
+        settings = settings.model_copy(update={"models": [*settings.models, second]})
     with local_services(settings, manage_services):
         specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
         report = asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
@@ -83,13 +92,39 @@ def run_demo(settings: Settings, manage_services: bool = True) -> None:
             typer.echo(f"produced {len(docs)} documents; waiting for {total} embed-done records")
             asyncio.run(_await_embedded(settings, start_offsets, total, proc, log))
             for query in QUERIES:
-                result = search_alias(settings, query, TENANT, 3)
-                typer.echo(f'\nsearch "{query}"\n  via alias {result.alias} -> {result.collection}')
-                for rank, hit in enumerate(result.hits, 1):
-                    where = " > ".join(hit.heading_path) or "(no heading)"
-                    typer.echo(f"  {rank}. {hit.score:.3f}  {hit.doc_id}  {where}")
+                _search(settings, query)
+            _rotate(settings, second)
         typer.echo(f"worker: stopped (exit {proc.returncode}); its log: {log}")
     typer.echo(f"\ndone in {time.monotonic() - started:.0f}s")
+
+
+def _search(settings: Settings, query: str) -> None:
+    result = search_alias(settings, query, TENANT, 3)
+    typer.echo(f'\nsearch "{query}"')
+    typer.echo(f"  via alias {result.alias} -> {result.collection} ({result.model})")
+    for rank, hit in enumerate(result.hits, 1):
+        where = " > ".join(hit.heading_path) or "(no heading)"
+        typer.echo(f"  {rank}. {hit.score:.3f}  {hit.doc_id}  {where}")
+
+
+def _rotate(settings: Settings, model: ModelSpec) -> None:
+    """Backfill to the second model, verify, flip, search again, roll back."""
+    target = settings.collection_for(model)
+    typer.echo(f"\nmodel rotation: backfill into {target} ({model.name}, {model.dimension}d)")
+    job = follow_job(settings, start_job(settings, model.name))
+    for line in describe(job, now()):
+        typer.echo(line)
+    if job["state"] != "COMPLETED":
+        raise StreamprocError(f"the backfill ended {job['state']}: {job['error']}")
+    typer.echo(f"verifying {target} before the flip:")
+    report, previous = promote(settings, target)
+    for line in report.lines():
+        typer.echo(f"  {line}")
+    typer.echo(f"alias {settings.weaviate.collection_prefix}: {previous} -> {target}")
+    _search(settings, QUERIES[1])
+    current, back = rollback(settings)
+    typer.echo(f"\nrollback: alias {settings.weaviate.collection_prefix}: {current} -> {back}")
+    _search(settings, QUERIES[1])
 
 
 async def _await_embedded(

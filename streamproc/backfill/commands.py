@@ -143,3 +143,18 @@ def wait_for(
                 f"job {job_id} is still {state} after {timeout_s:.0f}s; is an embedder running?"
             )
         time.sleep(0.5)
+
+
+def follow_job(settings: Settings, job_id: str, timeout_s: float = 3600) -> Job:
+    """A progress bar (offsets replayed of the total, throttling shown) until the job ends."""
+    from tqdm import tqdm
+
+    with tqdm(desc=f"backfill {job_id}", unit="offset") as bar:
+
+        def show(job: Job) -> None:
+            bar.total = int(job["items_total"])
+            bar.n = int(job["items_done"])
+            bar.set_postfix_str(str(job["throttled"] or job["state"]))
+            bar.refresh()
+
+        return wait_for(settings, job_id, lambda j: j["state"] in TERMINAL, timeout_s, show)

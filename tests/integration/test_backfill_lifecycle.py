@@ -11,6 +11,7 @@ import pytest
 
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.commands import cancel_job, start_job, wait_for
+from streamproc.derive import projected_model
 from streamproc.kafka_io import read_to_end
 from streamproc.settings import Settings
 from streamproc.verify import verify_collection
@@ -21,7 +22,6 @@ from tests.pipeline_support import (
     corpus_events,
     drained,
     produce_events,
-    projected_model,
 )
 
 TENANTS = ("acme", "globex")

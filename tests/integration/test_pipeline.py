@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from streamproc.chunking.changes import compare, fingerprint
+from streamproc.derive import projected_model
 from streamproc.search import search_alias
 from streamproc.settings import Settings
 from streamproc.verify import verify_collection
@@ -24,7 +25,6 @@ from tests.pipeline_support import (
     expected_chunks,
     produce_events,
     produce_raw,
-    projected_model,
     records_with_headers,
     running_workers,
 )

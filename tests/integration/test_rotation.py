@@ -14,6 +14,7 @@ import pytest
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.alias import VerificationFailed, promote, rollback
 from streamproc.backfill.commands import start_job, wait_for
+from streamproc.derive import projected_model
 from streamproc.kafka_io import live_chunks
 from streamproc.naming import object_uuid
 from streamproc.search import search_alias
@@ -26,7 +27,6 @@ from tests.pipeline_support import (
     drained,
     event,
     produce_events,
-    projected_model,
     running_workers,
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from streamproc.derive import projected_model
 from streamproc.settings import ModelSpec, Settings
 from streamproc.verify import verify_collection
 from streamproc.weaviate_store import WeaviateStore, connect
@@ -16,7 +17,6 @@ from tests.pipeline_support import (
     event,
     expected_chunks,
     produce_events,
-    projected_model,
     running_workers,
 )
 
