@@ -145,8 +145,11 @@ class BackfillSettings(BaseModel):
 
     # Jobs that replay at the same time in one worker; the rest wait in PENDING by priority.
     max_concurrent_jobs: int = Field(default=1, ge=1)
-    # Chunks per replay batch: small, so a live batch never waits long behind one.
-    batch_size: int = Field(default=32, ge=1)
+    # Chunk-topic records per replay batch (one progress save each); sorted by length into
+    # encode calls of at most `encode_batch` texts, so a live batch that arrives meanwhile
+    # waits behind one small encode call at most.
+    batch_size: int = Field(default=256, ge=1)
+    encode_batch: int = Field(default=16, ge=1)
     # Live traffic first: the replay pauses while the embedder group is more than this many
     # embed-requested messages behind, or while live ingest-to-embed-done latency exceeds this.
     throttle_live_lag: int = Field(default=100, ge=0)

@@ -468,6 +468,9 @@ def _add_backfill(
     def owns() -> bool:
         return not app.rebalancing and commands_tp in app.assignor.assigned_actives()
 
+    # Present from the start: a rate over a series that does not exist yet is "no data".
+    telemetry.reembed_completed.add(0)
+    telemetry.reembed_failed.add(0)
     jobs = JobStore(table, settings, owns)
     replayer = Replayer(settings, store, embedder, models, jobs, view, live)
     running: dict[str, asyncio.Task[None]] = {}

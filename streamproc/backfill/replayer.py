@@ -17,6 +17,7 @@ from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from opentelemetry import trace
 
 from streamproc import telemetry
@@ -185,7 +186,7 @@ class Replayer:
             if not job["watermarks"]:
                 job = await self._first_pass(job, consumer, tps)
             await self._replay(job, target, consumer, admin, tps)
-        except (Stopped, asyncio.CancelledError, TransientError):
+        except (Stopped, asyncio.CancelledError, TransientError, KafkaError):
             # Cancelled, ownership moved, or a service is down: the saved progress stays and
             # the owner resumes from it.
             raise
@@ -343,7 +344,14 @@ class Replayer:
             elif action is replay.Action.SKIP:
                 skipped += 1
         result = (
-            await self.embedder.handle(requests, [target], background=True) if requests else None
+            await self.embedder.handle(
+                requests,
+                [target],
+                background=True,
+                max_batch=self.settings.backfill.encode_batch,
+            )
+            if requests
+            else None
         )
         if result is not None and result.failed:
             reasons = sorted(set(result.failed.values()))

@@ -8,6 +8,8 @@ always writes that job's collection too: the replay's watermarks are taken only 
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamproc.avro_codec import load_schemas
@@ -24,6 +26,8 @@ class JobsView:
         self.jobs: dict[str, Job] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._tps: list[TopicPartition] = []
+        # The live agent and a job's runner share one consumer; one reader at a time.
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -49,6 +53,10 @@ class JobsView:
             self._consumer = None
 
     async def refresh(self) -> dict[str, Job]:
+        async with self._lock:
+            return await self._refresh()
+
+    async def _refresh(self) -> dict[str, Job]:
         if self._consumer is None:
             await self.start()
         consumer = self._consumer

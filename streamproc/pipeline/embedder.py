@@ -86,9 +86,11 @@ class Embedder:
         targets: Sequence[Target] | None = None,
         *,
         background: bool = False,
+        max_batch: int | None = None,
     ) -> BatchResult:
         """Write `requests` to `targets` (default: the configured ones). A background call
-        (a backfill replay) yields the encoder to live batches."""
+        (a backfill replay) yields the encoder to live batches before each encode call of at
+        most `max_batch` texts."""
         if not background:
             self._live += 1
             self._live_idle.clear()
@@ -98,7 +100,7 @@ class Embedder:
                 upserts = [i for i in segment if requests[i]["op"] == "UPSERT"]
                 deletes = [i for i in segment if requests[i]["op"] == "DELETE"]
                 for target in self.targets if targets is None else targets:
-                    await self._upsert(target, requests, upserts, result, background)
+                    await self._upsert(target, requests, upserts, result, background, max_batch)
                     await self._delete(target, requests, deletes, result)
             return result
         finally:
@@ -114,13 +116,15 @@ class Embedder:
         indices: list[int],
         result: BatchResult,
         background: bool,
+        max_batch: int | None,
     ) -> None:
         if not indices:
             return
         model = target.model
         counts = [self._tokens(model, requests[i]["chunk"]) for i in indices]
         writes: list[asyncio.Task[None]] = []
-        for group in sub_batches(counts, self.settings.max_batch, self.settings.max_batch_tokens):
+        limit = max_batch or self.settings.max_batch
+        for group in sub_batches(counts, limit, self.settings.max_batch_tokens):
             members = [indices[g] for g in group]
             chunks = [requests[i]["chunk"] for i in members]
             if background:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.commands import cancel_job, start_job, wait_for
 from streamproc.derive import projected_model
 from streamproc.kafka_io import read_to_end
-from streamproc.settings import Settings
+from streamproc.settings import REPO_ROOT, Settings
 from streamproc.verify import verify_collection
 from streamproc.weaviate_store import WeaviateStore, connect
 from tests.conftest import with_topics
@@ -25,6 +30,25 @@ from tests.pipeline_support import (
 )
 
 TENANTS = ("acme", "globex")
+NO_EXPORT = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+DASHBOARD = REPO_ROOT / "deploy" / "observability" / "dashboards" / "streamproc.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(settings: Settings) -> dict[str, float]:
+    """Every sample of the embedder's Prometheus endpoint, by series name (summed)."""
+    url = f"http://127.0.0.1:{settings.telemetry.prometheus_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name] = samples.get(sample.name, 0.0) + sample.value
+    return samples
 
 
 def job_history(settings: Settings, job_id: str) -> list[dict[str, Any]]:
@@ -60,11 +84,13 @@ def lifecycle(
         models=[*service_settings.models, second, third],
         # Small batches: the replay takes long enough to be killed and cancelled half-way.
         backfill={**service_settings.backfill.model_dump(), "batch_size": 4},
+        # The embedder's Prometheus endpoint shows the backfill metrics.
+        telemetry={"enabled": True, "prometheus_port": free_port()},
     )
     with_topics(settings)
     workers = Workers(settings, base)
-    workers.start("chunker")
-    workers.start("embedder")
+    workers.start("chunker", {"STREAMPROC_TELEMETRY__ENABLED": "false"})
+    workers.start("embedder", NO_EXPORT)
     try:
         produce_events(settings, [e for t in TENANTS for e in corpus_events(t)])
         drained(settings)
@@ -91,7 +117,7 @@ def test_a_sigkilled_worker_resumes_the_job_where_it_was(
     at_kill = saved[-1]
     assert 0 < at_kill["items_done"] < at_kill["items_total"], at_kill
 
-    workers.start("embedder")
+    workers.start("embedder", NO_EXPORT)
     done = wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
     assert done["state"] == "COMPLETED", done["error"]
     resumed = job_history(settings, job_id)[len(saved) :]
@@ -107,6 +133,21 @@ def test_a_sigkilled_worker_resumes_the_job_where_it_was(
     _, reports = verify_collection(settings, target)
     assert [r.tenant for r in reports] == sorted(TENANTS)
     assert all(r.ok for r in reports), reports  # none missing, none unexpected
+
+    # The restarted worker's metrics: this job completed there, after replaying batches.
+    samples = scrape(settings)
+    assert samples["reembed_jobs_completed_total"] == 1
+    assert samples["reembed_batches_processed_total"] > 0
+    assert samples["reembed_items_reembedded_total"] > 0
+    assert samples.get("reembed_jobs_failed_total", 0) == 0
+    assert samples["reembed_jobs_active"] == 0 and samples["reembed_jobs_queued"] == 0
+    plotted = {
+        name
+        for panel in json.loads(DASHBOARD.read_text())["panels"]
+        for t in panel["targets"]
+        for name in re.findall(r"reembed_[a-z_]+", t["expr"])
+    }
+    assert plotted and plotted <= set(samples), plotted - set(samples)
 
 
 def test_cancel_stops_the_job_and_leaves_the_alias(lifecycle: tuple[Settings, Workers]) -> None:
