@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,8 +29,6 @@ import typer
 from bench.pipeline import (
     RAW_BATCH,
     TENANT,
-    _drop_collections,
-    _drop_topics,
     _percentile,
     _produce,
     _wait_done,
@@ -40,11 +37,12 @@ from bench.pipeline import (
     bench_raw,
     machine,
     make_requests,
+    run_isolated,
     single_chunk_texts,
 )
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.commands import start_job, wait_for
-from streamproc.demo import CORPUS, local_services
+from streamproc.demo import CORPUS
 from streamproc.derive import projected_model
 from streamproc.kafka_io import end_offsets
 from streamproc.models import load_model
@@ -52,8 +50,6 @@ from streamproc.naming import document_key
 from streamproc.produce import event_for, expand
 from streamproc.runner import worker_subprocess
 from streamproc.settings import REPO_ROOT, ModelSpec, Settings
-from streamproc.topology import load_topology
-from streamproc.topology.kafka_admin import reconcile
 
 RESULTS = REPO_ROOT / "bench" / "results" / "backfill.json"
 
@@ -101,25 +97,17 @@ def main(
     external: Annotated[bool, typer.Option(help="Use the services the settings point at.")] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON goes.")] = RESULTS,
 ) -> None:
-    base = Settings()
-    with tempfile.TemporaryDirectory() as tmp, local_services(base, manage=not external):
-        target = projected_model(base.local.cache_dir)
-        # One version per run, so every replay writes a fresh collection.
-        versions = [
-            target.model_copy(update={"name": f"{target.name}-r{i}"}) for i in range(repeats + 1)
-        ]
-        settings = base.isolated(Path(tmp) / "worker", models=[*base.models, *versions])
-        specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
-        asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
-        try:
-            results = _run(settings, versions, copies, latency_seconds, latency_rate, Path(tmp))
-        finally:
-            asyncio.run(_drop_topics(settings))
-            _drop_collections(settings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    typer.echo(json.dumps(results["summary"], indent=2))
-    typer.echo(f"written to {out}")
+    target = projected_model(Settings().local.cache_dir)
+    # One version per run, so every replay writes a fresh collection.
+    versions = [
+        target.model_copy(update={"name": f"{target.name}-r{i}"}) for i in range(repeats + 1)
+    ]
+    run_isolated(
+        external,
+        lambda base, tmp: base.isolated(tmp / "worker", models=[*base.models, *versions]),
+        lambda settings, tmp: _run(settings, versions, copies, latency_seconds, latency_rate, tmp),
+        out,
+    )
 
 
 def _run(

@@ -270,13 +270,29 @@ def main(
     external: Annotated[bool, typer.Option(help="Use the services the settings point at.")] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON goes.")] = RESULTS,
 ) -> None:
+    run_isolated(
+        external,
+        lambda base, tmp: base.isolated(tmp / "worker"),
+        lambda settings, tmp: _run(settings, copies, repeats, naive_chunks, latency_seconds, tmp),
+        out,
+    )
+
+
+def run_isolated(
+    external: bool,
+    make_settings: Callable[[Settings, Path], Settings],
+    body: Callable[[Settings, Path], dict[str, Any]],
+    out: Path,
+) -> None:
+    """`body` on its own topics and collections (dropped afterwards) of the local services
+    (started if down) or the configured ones; its results written to `out` as JSON."""
     base = Settings()
     with tempfile.TemporaryDirectory() as tmp, local_services(base, manage=not external):
-        settings = base.isolated(Path(tmp) / "worker")
+        settings = make_settings(base, Path(tmp))
         specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
         asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
         try:
-            results = _run(settings, copies, repeats, naive_chunks, latency_seconds, Path(tmp))
+            results = body(settings, Path(tmp))
         finally:
             asyncio.run(_drop_topics(settings))
             _drop_collections(settings)
