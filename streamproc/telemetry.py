@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import metrics, propagate, trace
@@ -68,15 +68,15 @@ reembed_items = meter.create_counter(
     unit="{chunk}",
     description="Chunks a backfill embedded into its target collection",
 )
-# "active" and "queued" -> jobs of the worker that owns the job table, refreshed by its
-# supervisor; the gauges report them at each collection.
-backfill_jobs: dict[str, int] = {}
+# "active" and "queued" -> how the worker that owns the job table counts them now; the
+# gauges ask at each collection.
+backfill_jobs: dict[str, Callable[[], int]] = {}
 
 
 def _observe_jobs(kind: str) -> Any:
     def observe(_options: CallbackOptions) -> Iterable[Observation]:
         if kind in backfill_jobs:
-            yield Observation(backfill_jobs[kind])
+            yield Observation(backfill_jobs[kind]())
 
     return observe
 

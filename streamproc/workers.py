@@ -474,6 +474,10 @@ def _add_backfill(
     jobs = JobStore(table, settings, owns)
     replayer = Replayer(settings, store, embedder, models, jobs, view, live)
     running: dict[str, asyncio.Task[None]] = {}
+    telemetry.backfill_jobs.update(
+        active=lambda: sum(not t.done() for t in running.values()),
+        queued=lambda: sum(j["state"] == "PENDING" for j in jobs.all()) if owns() else 0,
+    )
 
     @app.agent(commands)
     async def backfill_commands(stream: faust.Stream) -> None:
@@ -510,9 +514,6 @@ def _add_backfill(
         limit = settings.backfill.max_concurrent_jobs
         for job in resumed + jobs_to_start(all_jobs, len(running) + len(resumed), limit):
             running[job["job_id"]] = asyncio.ensure_future(replayer.run(job["job_id"]))
-        telemetry.backfill_jobs.update(
-            active=len(running), queued=sum(j["state"] == "PENDING" for j in all_jobs)
-        )
 
     @app.on_before_shutdown.connect
     async def stop_backfills(_app: faust.App, **_kwargs: Any) -> None:

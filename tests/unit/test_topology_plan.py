@@ -15,7 +15,12 @@ def test_topology_file_describes_every_design_topic() -> None:
         "x.embed-done",
         "x.chunk-requested.dlq",
         "x.embed-requested.dlq",
+        "x.backfill-commands",
+        "x.backfill-commands.dlq",
+        "x.alias-changes",
     }
+    # One partition: one embedder owns every backfill job.
+    assert specs["x.backfill-commands"].partitions == 1
     assert specs["x.chunks"].config["cleanup.policy"] == "compact"
     assert specs["x.embed-done"].config["min.insync.replicas"] == "2"
 
