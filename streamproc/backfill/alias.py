@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.commands import read_jobs, send_retire, wait_for
-from streamproc.backfill.jobs import LIVE_WRITE_STATES, Job, now
+from streamproc.backfill.jobs import now, writes_collection
 from streamproc.backfill.verification import Verification, verify_collection_for_flip
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import producer, read_to_end
@@ -129,7 +129,7 @@ def list_collections(settings: Settings) -> list[CollectionInfo]:
                 model = f"{spec.name} {spec.version} ({spec.dimension}d)"
             except StreamprocError:
                 model = "unregistered"
-            writers = [j for j in jobs.values() if _writes(j, name)]
+            writers = [j for j in jobs.values() if writes_collection(j, name)]
             live = (
                 "configured"
                 if name in configured
@@ -142,14 +142,6 @@ def list_collections(settings: Settings) -> list[CollectionInfo]:
             objects = sum(store.count(name, t) for t in store.tenants(name))
             infos.append(CollectionInfo(name, model, objects, name == serving, live))
     return infos
-
-
-def _writes(job: Job, collection: str) -> bool:
-    return (
-        job["target_collection"] == collection
-        and not job["retired"]
-        and (job["state"] in LIVE_WRITE_STATES or job["state"] == "PENDING")
-    )
 
 
 def retire(settings: Settings, name: str, timeout_s: float = 60.0) -> None:
@@ -169,7 +161,7 @@ def retire(settings: Settings, name: str, timeout_s: float = 60.0) -> None:
             f"the embedders are configured to write {name} (active_model / "
             "embedder.target_models); change that setting and restart them first"
         )
-    writers = [j for j in asyncio.run(read_jobs(settings)).values() if _writes(j, name)]
+    writers = [j for j in asyncio.run(read_jobs(settings)).values() if writes_collection(j, name)]
     send_retire(settings, name)
     for job in writers:
         # Once the job table says retired, no live batch starts writing it any more.

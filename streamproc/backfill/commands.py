@@ -14,6 +14,7 @@ from typing import Any
 
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.jobs import TERMINAL, Job, conflicting_job, new_job, now
+from streamproc.backfill.view import JobsView
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import producer, read_to_end
 from streamproc.settings import Settings
@@ -126,23 +127,41 @@ def wait_for(
     timeout_s: float,
     on_change: Callable[[Job], None] | None = None,
 ) -> Job:
-    """Poll the job table until `until(job)` holds; `on_change` sees every new state."""
+    """Follow the job table until `until(job)` holds; `on_change` sees every new state."""
+    return asyncio.run(_wait_for(settings, job_id, until, timeout_s, on_change))
+
+
+async def _wait_for(
+    settings: Settings,
+    job_id: str,
+    until: Callable[[Job], bool],
+    timeout_s: float,
+    on_change: Callable[[Job], None] | None,
+) -> Job:
+    # One follower reading only what is new, not the whole changelog again every poll.
+    view = JobsView(settings)
     deadline = time.monotonic() + timeout_s
     last: Job | None = None
-    while True:
-        job = asyncio.run(read_jobs(settings)).get(job_id)
-        if job is not None and job != last:
-            last = job
-            if on_change:
-                on_change(job)
-            if until(job):
-                return job
-        if time.monotonic() > deadline:
-            state = last["state"] if last else "unknown"
-            raise StreamprocError(
-                f"job {job_id} is still {state} after {timeout_s:.0f}s; is an embedder running?"
-            )
-        time.sleep(0.5)
+    try:
+        while True:
+            try:
+                job = (await view.refresh()).get(job_id)
+            except StreamprocError:
+                job = None  # no worker has created the job table yet
+            if job is not None and job != last:
+                last = job
+                if on_change:
+                    on_change(job)
+                if until(job):
+                    return job
+            if time.monotonic() > deadline:
+                state = last["state"] if last else "unknown"
+                raise StreamprocError(
+                    f"job {job_id} is still {state} after {timeout_s:.0f}s; is an embedder running?"
+                )
+            await asyncio.sleep(0.5)
+    finally:
+        await view.stop()
 
 
 def follow_job(settings: Settings, job_id: str, timeout_s: float = 3600) -> Job:

@@ -94,6 +94,15 @@ def live_write_collections(jobs: Iterable[Job]) -> dict[str, str]:
     }
 
 
+def writes_collection(job: Job, collection: str) -> bool:
+    """Whether live traffic writes `collection` for this job now, or will once it runs."""
+    return (
+        job["target_collection"] == collection
+        and not job["retired"]
+        and (job["state"] in LIVE_WRITE_STATES or job["state"] == "PENDING")
+    )
+
+
 def conflicting_job(jobs: Iterable[Job], collection: str) -> Job | None:
     """An unfinished job already writing `collection`."""
     return next(

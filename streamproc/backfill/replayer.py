@@ -110,17 +110,21 @@ class JobStore:
     def put(self, job: Job) -> None:
         self.table[job["job_id"]] = self.codec.encode({**job, "updated_at": now()})
 
-    def save(self, job: Job) -> None:
-        """No await between the check and the write: a CANCEL applied by the command agent is
-        never overwritten by a runner that had not seen it yet."""
-        current = self.get(job["job_id"])
+    def check(self, job_id: str) -> None:
+        """Raise Stopped if the job was cancelled or retired, or the table is no longer ours."""
+        current = self.get(job_id)
         if (
             not self.owns()
             or current is None
             or current["state"] == "CANCELLED"
             or current["retired"]
         ):
-            raise Stopped(job["job_id"])
+            raise Stopped(job_id)
+
+    def save(self, job: Job) -> None:
+        """No await between the check and the write: a CANCEL applied by the command agent is
+        never overwritten by a runner that had not seen it yet."""
+        self.check(job["job_id"])
         self.put(job)
 
 
@@ -390,7 +394,7 @@ class Replayer:
                 self.jobs.save(job)
                 log.info("backfill throttled", extra={"job_id": job["job_id"], "reason": reason})
             else:
-                self.jobs.save(job)  # still ours and not cancelled
+                self.jobs.check(job["job_id"])
             await asyncio.sleep(0.5)
         if job["throttled"]:
             job = {**job, "throttled": None}
