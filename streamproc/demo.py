@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.alias import promote, rollback
-from streamproc.backfill.commands import follow_job, start_job
-from streamproc.backfill.jobs import describe, now
+from streamproc.backfill.commands import follow_job, read_jobs, start_job
+from streamproc.backfill.jobs import conflicting_job, describe, now
 from streamproc.chunking.extract import extract_sections
 from streamproc.derive import projected_model
 from streamproc.errors import StreamprocError
@@ -111,7 +111,10 @@ def _rotate(settings: Settings, model: ModelSpec) -> None:
     """Backfill to the second model, verify, flip, search again, roll back."""
     target = settings.collection_for(model)
     typer.echo(f"\nmodel rotation: backfill into {target} ({model.name}, {model.dimension}d)")
-    job = follow_job(settings, start_job(settings, model.name))
+    # An earlier run stopped half-way left its job unfinished: follow that one to its end.
+    unfinished = conflicting_job(asyncio.run(read_jobs(settings)).values(), target)
+    job_id = unfinished["job_id"] if unfinished else start_job(settings, model.name)
+    job = follow_job(settings, job_id)
     for line in describe(job, now()):
         typer.echo(line)
     if job["state"] != "COMPLETED":

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 from faust.types import TP, EventT
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -406,8 +407,11 @@ def create_embedder_app(
             )
         # take_events acks this batch when the next is requested: only after this point.
         await asyncio.gather(*futures)
-        if result.done:
-            live.observe_latency(max(d["latency_ms"] for d in result.done) / 1000)
+        processed: dict[TopicPartition, int] = {}
+        for event in events:
+            tp = TopicPartition(event.message.topic, event.message.partition)
+            processed[tp] = max(processed.get(tp, 0), event.message.offset + 1)
+        live.observe_batch(max((d["latency_ms"] for d in result.done), default=0) / 1000, processed)
         telemetry.batch_size.record(len(events))
         telemetry.encode_duration.record(result.encode_seconds)
         telemetry.write_duration.record(result.write_seconds)
