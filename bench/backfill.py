@@ -7,7 +7,7 @@ With `copies` copies of the corpus embedded by a live worker, it measures:
   replay    a real backfill job into a fresh collection of the target model (the PCA-128
             model derived from all-MiniLM-L6-v2), chunks re-embedded per second from RUNNING
             to COMPLETED, against raw `encode` of the target model on the same chunk texts
-            measured just before it (interleaved repeats, medians);
+            (the mean of runs just before and just after it; repeats, medians);
   latency   live ingest-to-searchable (produce to embed-done) at a fixed rate, first with no
             backfill, then with a backfill replaying beside it; p50 and p99 of each.
 Numbers go to bench/results/backfill.json.
@@ -41,6 +41,7 @@ from bench.pipeline import (
     single_chunk_texts,
 )
 from streamproc.avro_codec import load_schemas
+from streamproc.backfill.alias import retire
 from streamproc.backfill.commands import start_job, wait_for
 from streamproc.demo import CORPUS
 from streamproc.derive import projected_model
@@ -126,12 +127,17 @@ def _run(
         typer.echo(f"{len(texts)} chunks live; replaying them into the target model")
         target.encode(texts[:RAW_BATCH], batch_size=RAW_BATCH)
         for spec in versions[1:]:
-            raw.append(bench_raw(target, texts))
+            # Bracketed by raw runs, so the machine's drift during the replay hits both sides.
+            before = bench_raw(target, texts)
             rate, job = replay_rate(settings, spec.name)
+            raw.append((before + bench_raw(target, texts)) / 2)
             replay.append(rate)
             jobs.append({k: job[k] for k in ("items_reembedded", "items_skipped", "batches")})
             typer.echo(f"raw encode {raw[-1]:.1f} chunks/s, backfill replay {rate:.1f} chunks/s")
 
+        # As before a rotation, live traffic writes the serving collection only.
+        for spec in versions[1:]:
+            retire(settings, settings.collection_for(spec))
         live_texts = single_chunk_texts(settings, texts)
         _warm_up(settings, texts, alive)
         quiet = bench_latency(settings, live_texts, latency_rate, latency_seconds, alive, "quiet")

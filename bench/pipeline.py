@@ -203,11 +203,18 @@ def bench_latency(
                 codec.encode(codec.decode_json(json.dumps(event))),
             )
         )
+    # Searchable when it is in the collection the alias serves: a backfill target written
+    # beside it has its own embed-done records.
+    serving = settings.collection_for(settings.model(settings.active_model))
     start = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
     sent = asyncio.run(_paced(settings, events, rate))
     done = asyncio.run(
         _wait_done(
-            settings, start, lambda d: d["doc_id"].startswith(f"{prefix}/"), len(events), alive
+            settings,
+            start,
+            lambda d: d["doc_id"].startswith(f"{prefix}/") and d["collection"] == serving,
+            len(events),
+            alive,
         )
     )
     return [ts / 1000 - sent[document_key(TENANT, d["doc_id"]).encode()] for ts, d in done]

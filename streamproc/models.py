@@ -89,5 +89,7 @@ def load_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
             f"says max_seq_len={spec.max_seq_len}: lower it to {model.max_seq_length}"
         )
     model.max_seq_length = spec.max_seq_len
+    # Lazy initialisation (allocator, kernels) is paid here, not by the first batch.
+    model.encode(["warm-up"], show_progress_bar=False)
     log.info("loaded model", extra={"model": spec.name, "device": chosen, "dim": real_dim})
     return EmbeddingModel(spec=spec, model=model, device=chosen)

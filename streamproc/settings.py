@@ -145,11 +145,11 @@ class BackfillSettings(BaseModel):
 
     # Jobs that replay at the same time in one worker; the rest wait in PENDING by priority.
     max_concurrent_jobs: int = Field(default=1, ge=1)
-    # Chunk-topic records per replay batch (one progress save each); sorted by length into
-    # encode calls of at most `encode_batch` texts, so a live batch that arrives meanwhile
-    # waits behind one small encode call at most.
+    # Chunk-topic records per replay batch (one progress save each).
     batch_size: int = Field(default=256, ge=1)
-    encode_batch: int = Field(default=16, ge=1)
+    # A replay encode call is sized (from measured speed) to take about this long: a live batch
+    # that arrives meanwhile waits that long at most. A few texts on a CPU, a big batch on a GPU.
+    encode_slice_s: float = Field(default=0.1, gt=0)
     # Live traffic first: the replay pauses while the embedder group is more than this many
     # embed-requested messages behind, or while live ingest-to-embed-done latency exceeds this.
     throttle_live_lag: int = Field(default=100, ge=0)

@@ -363,47 +363,51 @@ def create_embedder_app(
                 ),
             }
         )
-        result = await embedder.handle(requests, targets)
+        headers_of = {
+            r["chunk_key"]: e.message.headers for r, e in zip(requests, kept, strict=True)
+        }
+        batch_link = [Link(span.get_span_context())]
+
+        async def publish(records: list[dict[str, Any]]) -> None:
+            for done in records:
+                # In the document's trace (child of the chunk's send), linked to the batch.
+                with tracer.start_as_current_span(
+                    f"send {done_topic}",
+                    context=telemetry.extract(headers_of[done["chunk_key"]]),
+                    kind=SpanKind.PRODUCER,
+                    links=batch_link,
+                    attributes=telemetry.publish_attributes(
+                        done_topic,
+                        **{
+                            "streamproc.tenant": done["tenant"],
+                            "streamproc.doc_id": done["doc_id"],
+                            "streamproc.chunk_key": done["chunk_key"],
+                            "streamproc.status": done["status"],
+                            "streamproc.collection": done["collection"],
+                            "streamproc.model_version": done["model_version"],
+                        },
+                    ),
+                ):
+                    futures.append(
+                        await _send(
+                            app,
+                            done_topic,
+                            document_key(done["tenant"], done["doc_id"]).encode(),
+                            done_codec.encode(done),
+                            telemetry.kafka_headers(),
+                        )
+                    )
+                telemetry.ingest_latency.record(
+                    done["latency_ms"] / 1000, {"collection": done["collection"]}
+                )
+
+        # The configured collections' embed-done records go out before backfill targets encode.
+        result = await embedder.handle(requests, targets, on_target_done=publish)
         for index, reason in result.failed.items():
             futures.append(
                 await _dead_letter(
                     app, kept[index], PermanentError(reason, reason="weaviate_rejected")
                 )
-            )
-        headers_of = {
-            r["chunk_key"]: e.message.headers for r, e in zip(requests, kept, strict=True)
-        }
-        batch_link = [Link(span.get_span_context())]
-        for done in result.done:
-            # In the document's trace (child of the chunk's send), linked to the batch.
-            with tracer.start_as_current_span(
-                f"send {done_topic}",
-                context=telemetry.extract(headers_of[done["chunk_key"]]),
-                kind=SpanKind.PRODUCER,
-                links=batch_link,
-                attributes=telemetry.publish_attributes(
-                    done_topic,
-                    **{
-                        "streamproc.tenant": done["tenant"],
-                        "streamproc.doc_id": done["doc_id"],
-                        "streamproc.chunk_key": done["chunk_key"],
-                        "streamproc.status": done["status"],
-                        "streamproc.collection": done["collection"],
-                        "streamproc.model_version": done["model_version"],
-                    },
-                ),
-            ):
-                futures.append(
-                    await _send(
-                        app,
-                        done_topic,
-                        document_key(done["tenant"], done["doc_id"]).encode(),
-                        done_codec.encode(done),
-                        telemetry.kafka_headers(),
-                    )
-                )
-            telemetry.ingest_latency.record(
-                done["latency_ms"] / 1000, {"collection": done["collection"]}
             )
         # take_events acks this batch when the next is requested: only after this point.
         await asyncio.gather(*futures)

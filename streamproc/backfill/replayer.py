@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -34,6 +35,19 @@ from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore
 
 log = logging.getLogger(__name__)
+
+# While throttled, the reason shown in `backfill status` is refreshed this often at most: often
+# enough to follow what holds the replay, rarely enough not to write the job table every poll.
+THROTTLE_SAVE_INTERVAL_S = 5.0
+
+
+@dataclass
+class Clients:
+    reader: AIOKafkaConsumer  # assigned the chunk partitions, scanning them
+    # Never assigned: an offset query sent on the reader's connection waits behind its
+    # long-poll fetch (fetch_max_wait_ms), which cost the replay half a second per batch.
+    offsets: AIOKafkaConsumer
+    admin: AIOKafkaAdminClient
 
 
 class Stopped(Exception):
@@ -79,7 +93,7 @@ class LiveLoad:
         for tp, offset in offsets.items():
             self._processed[tp] = max(offset, self._processed.get(tp, 0))
 
-    async def reason(self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer) -> str | None:
+    async def reason(self, kafka: Clients) -> str | None:
         limits = self.settings.backfill
         latency, seen = self._latency
         if time.monotonic() - seen < 5.0 and latency > limits.throttle_live_latency_s:
@@ -89,7 +103,7 @@ class LiveLoad:
             )
         committed = {
             tp: meta.offset
-            for tp, meta in (await admin.list_consumer_group_offsets(self.group)).items()
+            for tp, meta in (await kafka.admin.list_consumer_group_offsets(self.group)).items()
             if tp.topic == self.topic
         }
         done = {
@@ -98,7 +112,7 @@ class LiveLoad:
         }
         if not done:
             return None
-        ends = await consumer.end_offsets(list(done))
+        ends = await kafka.offsets.end_offsets(list(done))
         lag = sum(max(0, ends[tp] - offset) for tp, offset in done.items())
         if lag > limits.throttle_live_lag:
             return f"live embed-requested lag {lag} > {limits.throttle_live_lag} messages"
@@ -163,25 +177,31 @@ class Replayer:
         self.codec = load_schemas(settings.schemas_dir).codec("ChunkRecord")
 
     async def run(self, job_id: str) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka.bootstrap_servers,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        servers = self.settings.kafka.bootstrap_servers
+        kafka = Clients(
+            # Reads up to known end offsets only: a long poll would just delay the next scan.
+            reader=AIOKafkaConsumer(
+                bootstrap_servers=servers,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=50,
+            ),
+            offsets=AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False),
+            admin=AIOKafkaAdminClient(bootstrap_servers=servers),
         )
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap_servers)
-        await consumer.start()
-        await admin.start()
+        await kafka.reader.start()
+        await kafka.offsets.start()
+        await kafka.admin.start()
         try:
-            await self._run(job_id, consumer, admin)
+            await self._run(job_id, kafka)
         except Stopped:
             log.info("backfill stopped", extra={"job_id": job_id})
         finally:
-            await consumer.stop()
-            await admin.close()
+            await kafka.reader.stop()
+            await kafka.offsets.stop()
+            await kafka.admin.close()
 
-    async def _run(
-        self, job_id: str, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient
-    ) -> None:
+    async def _run(self, job_id: str, kafka: Clients) -> None:
         job = self.jobs.get(job_id)
         if job is None:
             return
@@ -191,9 +211,11 @@ class Replayer:
             await asyncio.to_thread(self._prepare_collection, target)
             tps = [
                 TopicPartition(self.chunks_topic, p)
-                for p in sorted(await partitions_of(consumer, self.chunks_topic))
+                for p in sorted(await partitions_of(kafka.offsets, self.chunks_topic))
             ]
-            consumer.assign(tps)
+            kafka.reader.assign(tps)
+            # Fetched only while _scan reads them: no idle polling beside the encoder.
+            kafka.reader.pause(*tps)
             if job["state"] == "PENDING":
                 job = {**job, "state": "RUNNING", "started_at": now()}
                 self.jobs.save(job)
@@ -201,8 +223,8 @@ class Replayer:
                     "backfill started", extra={"job_id": job_id, "collection": target.collection}
                 )
             if not job["watermarks"]:
-                job = await self._first_pass(job, consumer, tps)
-            await self._replay(job, target, consumer, admin, tps)
+                job = await self._first_pass(job, kafka, tps)
+            await self._replay(job, target, kafka, tps)
         except (Stopped, asyncio.CancelledError, TransientError, KafkaError):
             # Cancelled, ownership moved, or a service is down: the saved progress stays and
             # the owner resumes from it.
@@ -218,16 +240,14 @@ class Replayer:
             )
         self.store.ensure_collection(target.collection, target.model.dimension)
 
-    async def _first_pass(
-        self, job: Job, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
-    ) -> Job:
+    async def _first_pass(self, job: Job, kafka: Clients, tps: list[TopicPartition]) -> Job:
         # Every embedder refreshes its job view before each live batch: once RUNNING is on the
         # changelog, live batches write the target too, so watermarks taken now miss nothing.
         while (self.view.jobs.get(job["job_id"]) or {}).get("state") != "RUNNING":
             await self.view.refresh()
             await asyncio.sleep(0.05)
-        starts = _by_partition(await consumer.beginning_offsets(tps))
-        ends = _by_partition(await consumer.end_offsets(tps))
+        starts = _by_partition(await kafka.offsets.beginning_offsets(tps))
+        ends = _by_partition(await kafka.offsets.end_offsets(tps))
         job = {
             **job,
             "range_starts": starts,
@@ -242,8 +262,7 @@ class Replayer:
         self,
         job: Job,
         target: Target,
-        consumer: AIOKafkaConsumer,
-        admin: AIOKafkaAdminClient,
+        kafka: Clients,
         tps: list[TopicPartition],
     ) -> None:
         # A pass resumed half-way may have written before the crash: count it as writing.
@@ -257,9 +276,9 @@ class Replayer:
                     "streamproc.collection": target.collection,
                 },
             ):
-                job, written = await self._pass(job, target, consumer, admin)
+                job, written = await self._pass(job, target, kafka)
             writes += written
-            ends = _by_partition(await consumer.end_offsets(tps))
+            ends = _by_partition(await kafka.offsets.end_offsets(tps))
             if replay.finished(
                 job["pass_number"],
                 writes,
@@ -292,13 +311,7 @@ class Replayer:
         if job["auto_promote"]:
             await self._auto_promote(job, target)
 
-    async def _pass(
-        self,
-        job: Job,
-        target: Target,
-        consumer: AIOKafkaConsumer,
-        admin: AIOKafkaAdminClient,
-    ) -> tuple[Job, int]:
+    async def _pass(self, job: Job, target: Target, kafka: Clients) -> tuple[Job, int]:
         """Replay [positions, watermarks) of every partition; returns the job and the writes."""
         tenant = job["tenant"]
         written = 0
@@ -307,23 +320,25 @@ class Replayer:
             last = replay.last_offsets(
                 [
                     (r.offset, r.key.decode())
-                    async for r in _scan(consumer, tp, job["range_starts"].get(partition, 0), end)
+                    async for r in _scan(
+                        kafka.reader, tp, job["range_starts"].get(partition, 0), end
+                    )
                     if r.key is not None and replay.in_scope(r.key.decode(), tenant)
                 ]
             )
             batch: list[ConsumerRecord[bytes, bytes]] = []
             position = job["positions"].get(partition, 0)
-            async for record in _scan(consumer, tp, position, end):
+            async for record in _scan(kafka.reader, tp, position, end):
                 key = record.key.decode() if record.key is not None else ""
                 if last.get(key) == record.offset:
                     batch.append(record)
                 if len(batch) >= self.settings.backfill.batch_size:
-                    job, n = await self._batch(job, target, batch, admin, consumer)
+                    job, n = await self._batch(job, target, batch, kafka)
                     written += n
                     job = self._advance(job, partition, record.offset + 1)
                     batch = []
             if batch:
-                job, n = await self._batch(job, target, batch, admin, consumer)
+                job, n = await self._batch(job, target, batch, kafka)
                 written += n
             job = self._advance(job, partition, end)
         return job, written
@@ -343,16 +358,18 @@ class Replayer:
         job: Job,
         target: Target,
         records: list[ConsumerRecord[bytes, bytes]],
-        admin: AIOKafkaAdminClient,
-        consumer: AIOKafkaConsumer,
+        kafka: Clients,
     ) -> tuple[Job, int]:
-        job = await self._wait_for_live(job, admin, consumer)
+        started = time.perf_counter()
+        job = await self._wait_for_live(job, kafka)
+        waited = time.perf_counter() - started
         values = {
             r.key.decode(): (self.codec.decode(r.value) if r.value is not None else None, r)
             for r in records
             if r.key is not None
         }
         held = await asyncio.to_thread(self._held, target.collection, values)
+        read = time.perf_counter() - started - waited
         requests, skipped = [], 0
         for key, (value, record) in values.items():
             action = replay.decide(value, held.get(object_uuid(key)))
@@ -364,8 +381,7 @@ class Replayer:
             await self.embedder.handle(
                 requests,
                 [target],
-                background=True,
-                max_batch=self.settings.backfill.encode_batch,
+                background_slice_s=self.settings.backfill.encode_slice_s,
             )
             if requests
             else None
@@ -383,6 +399,20 @@ class Replayer:
             "items_deleted": job["items_deleted"] + len(requests) - upserted,
             "items_skipped": job["items_skipped"] + skipped,
         }
+        log.info(
+            "backfill batch",
+            extra={
+                "job_id": job["job_id"],
+                "records": len(records),
+                "written": len(requests),
+                "skipped": skipped,
+                "throttled_s": round(waited, 3),
+                "read_s": round(read, 3),
+                "encode_s": round(result.encode_seconds, 3) if result else 0.0,
+                "write_s": round(result.write_seconds, 3) if result else 0.0,
+                "batch_s": round(time.perf_counter() - started, 3),
+            },
+        )
         return job, len(requests)
 
     def _held(
@@ -397,14 +427,14 @@ class Replayer:
                 held[uuid] = replay.Held(ingested_at, sha)
         return held
 
-    async def _wait_for_live(
-        self, job: Job, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer
-    ) -> Job:
+    async def _wait_for_live(self, job: Job, kafka: Clients) -> Job:
         """Live traffic first: pause while the live path is behind, and say so in the job."""
-        while (reason := await self.live.reason(admin, consumer)) is not None:
-            if not job["throttled"]:
+        saved = -THROTTLE_SAVE_INTERVAL_S
+        while (reason := await self.live.reason(kafka)) is not None:
+            if reason != job["throttled"] and time.monotonic() - saved >= THROTTLE_SAVE_INTERVAL_S:
                 job = {**job, "throttled": reason}
                 self.jobs.save(job)
+                saved = time.monotonic()
                 log.info("backfill throttled", extra={"job_id": job["job_id"], "reason": reason})
             else:
                 self.jobs.check(job["job_id"])
@@ -463,9 +493,13 @@ async def _scan(
     if start >= end:
         return
     consumer.seek(tp, start)
-    while await consumer.position(tp) < end:
-        batch = await consumer.getmany(tp, timeout_ms=1000)
-        for record in batch.get(tp, []):
-            if record.offset >= end:
-                return
-            yield record
+    consumer.resume(tp)
+    try:
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            for record in batch.get(tp, []):
+                if record.offset >= end:
+                    return
+                yield record
+    finally:
+        consumer.pause(tp)

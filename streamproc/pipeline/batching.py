@@ -2,30 +2,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 
-def sub_batches(token_counts: Sequence[int], max_items: int, max_tokens: int) -> list[list[int]]:
-    """Indices grouped by length; a group's padded cost (longest x size) stays <= max_tokens.
+def sorted_groups(
+    token_counts: Sequence[int], max_items: int, max_tokens: Callable[[], int]
+) -> Iterator[list[int]]:
+    """Indices grouped by length; a group's padded cost (longest x size) stays <= max_tokens().
 
     Sorting by length means one long text does not make a whole batch pay for its padding.
     A single text over the budget still gets a group of its own: it must be embedded.
+    The budget is asked again before each group, so a caller can resize the groups it has
+    not taken yet (EncodePace).
     """
     order = sorted(range(len(token_counts)), key=lambda i: token_counts[i])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for index in order:
-        length = max(1, token_counts[index])
-        widest = max(longest, length)
-        if current and (len(current) >= max_items or widest * (len(current) + 1) > max_tokens):
-            groups.append(current)
-            current, widest = [], length
-        current.append(index)
-        longest = widest
-    if current:
-        groups.append(current)
-    return groups
+    lengths = [max(1, token_counts[i]) for i in order]
+    start = 0
+    while start < len(order):
+        budget = max_tokens()
+        end = start + 1
+        while (
+            end < len(order)
+            and end - start < max_items
+            and lengths[end] * (end - start + 1) <= budget
+        ):
+            end += 1
+        yield order[start:end]
+        start = end
+
+
+class EncodePace:
+    """Sizes background encode calls to take about `budget_s` each, from the seconds per padded
+    token of earlier calls: a large batch on a GPU, a few texts on a CPU. A live batch that
+    arrives while one runs waits for it, so `budget_s` bounds that wait on any device."""
+
+    # Before anything is measured: a few short texts on any device.
+    FIRST_TOKENS = 512
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self._seconds_per_token: float | None = None
+
+    def observe(self, padded_tokens: int, seconds: float) -> None:
+        rate = seconds / max(1, padded_tokens)
+        previous = self._seconds_per_token
+        # Smoothed: one call slowed by a neighbour on the machine does not halve the next.
+        self._seconds_per_token = rate if previous is None else 0.7 * previous + 0.3 * rate
+
+    def max_tokens(self) -> int:
+        if self._seconds_per_token is None:
+            return self.FIRST_TOKENS
+        return max(1, int(self.budget_s / self._seconds_per_token))
 
 
 def conflict_free_segments(keys: Sequence[str]) -> list[list[int]]:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -27,7 +27,7 @@ from weaviate.exceptions import WeaviateBaseError
 from streamproc.errors import TransientError
 from streamproc.models import EmbeddingModel
 from streamproc.naming import object_uuid
-from streamproc.pipeline.batching import conflict_free_segments, sub_batches
+from streamproc.pipeline.batching import EncodePace, conflict_free_segments, sorted_groups
 from streamproc.settings import EmbedderSettings
 from streamproc.telemetry import retries_counter, tracer
 from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, ChunkObject, WeaviateStore
@@ -70,8 +70,9 @@ class Embedder:
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="weaviate")
         self._heading_cache: dict[str, OrderedDict[str, np.ndarray]] = {}
-        # Live batches in progress; background (backfill) encodes wait until there are none,
-        # so a live batch waits behind at most one background sub-batch.
+        self._paces: dict[str, EncodePace] = {}
+        # Live batches in progress; background (backfill) encodes and writes start only while
+        # there are none, so a live batch waits behind at most one of each.
         self._live = 0
         self._live_idle = asyncio.Event()
         self._live_idle.set()
@@ -85,23 +86,37 @@ class Embedder:
         requests: Sequence[dict[str, Any]],
         targets: Sequence[Target] | None = None,
         *,
-        background: bool = False,
-        max_batch: int | None = None,
+        background_slice_s: float | None = None,
+        on_target_done: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> BatchResult:
-        """Write `requests` to `targets` (default: the configured ones). A background call
-        (a backfill replay) yields the encoder to live batches before each encode call of at
-        most `max_batch` texts."""
+        """Write `requests` to `targets` (default: the configured ones), one target after the
+        other; `on_target_done` gets each target's done records as soon as its writes are
+        confirmed, so the configured targets (first) do not wait for backfill targets.
+
+        With `background_slice_s` (a backfill replay) the call yields to live batches: each
+        encode call is sized to take about that long and starts only while no live batch is in
+        progress, and at most one background write is queued, starting under the same rule."""
+        background = background_slice_s is not None
         if not background:
             self._live += 1
             self._live_idle.clear()
         try:
             result = BatchResult()
-            for segment in conflict_free_segments([r["chunk_key"] for r in requests]):
-                upserts = [i for i in segment if requests[i]["op"] == "UPSERT"]
-                deletes = [i for i in segment if requests[i]["op"] == "DELETE"]
-                for target in self.targets if targets is None else targets:
-                    await self._upsert(target, requests, upserts, result, background, max_batch)
+            segments = conflict_free_segments([r["chunk_key"] for r in requests])
+            for target in self.targets if targets is None else targets:
+                first = len(result.done)
+                for segment in segments:
+                    upserts = [i for i in segment if requests[i]["op"] == "UPSERT"]
+                    deletes = [i for i in segment if requests[i]["op"] == "DELETE"]
+                    if background_slice_s is None:
+                        await self._upsert(target, requests, upserts, result)
+                    else:
+                        await self._upsert_background(
+                            target, requests, upserts, result, background_slice_s
+                        )
                     await self._delete(target, requests, deletes, result)
+                if on_target_done is not None:
+                    await on_target_done(result.done[first:])
             return result
         finally:
             if not background:
@@ -115,44 +130,97 @@ class Embedder:
         requests: Sequence[dict[str, Any]],
         indices: list[int],
         result: BatchResult,
-        background: bool,
-        max_batch: int | None,
     ) -> None:
-        if not indices:
-            return
-        model = target.model
-        counts = [self._tokens(model, requests[i]["chunk"]) for i in indices]
+        counts = [self._tokens(target.model, requests[i]["chunk"]) for i in indices]
         writes: list[asyncio.Task[None]] = []
-        limit = max_batch or self.settings.max_batch
-        for group in sub_batches(counts, limit, self.settings.max_batch_tokens):
+        budget = self.settings.max_batch_tokens
+        for group in sorted_groups(counts, self.settings.max_batch, lambda: budget):
             members = [indices[g] for g in group]
             chunks = [requests[i]["chunk"] for i in members]
-            if background:
-                await self._live_idle.wait()
-            started = time.perf_counter()
-            with tracer.start_as_current_span(
-                "encode",
-                attributes={
-                    "streamproc.model_version": f"{model.spec.name}:{model.spec.version}",
-                    "streamproc.device": model.device,
-                    "streamproc.batch.size": len(chunks),
-                    "streamproc.batch.tokens": sum(counts[g] for g in group),
-                },
-            ):
-                vectors = await self._run(
-                    self._encode_pool, model.encode, [c["text"] for c in chunks]
-                )
-                heading_vectors = await self._heading_vectors(target, chunks)
-            result.encode_seconds += time.perf_counter() - started
-            objects = [
-                self._object(target, chunk, vector.tolist(), heading_vectors)
-                for chunk, vector in zip(chunks, vectors, strict=True)
-            ]
+            objects = await self._encode(target, chunks, sum(counts[g] for g in group), result)
             # Written while the next sub-batch encodes.
             writes.append(
                 asyncio.ensure_future(self._write(target, members, requests, objects, result))
             )
         await asyncio.gather(*writes)
+
+    async def _upsert_background(
+        self,
+        target: Target,
+        requests: Sequence[dict[str, Any]],
+        indices: list[int],
+        result: BatchResult,
+        slice_s: float,
+    ) -> None:
+        counts = [self._tokens(target.model, requests[i]["chunk"]) for i in indices]
+        pace = self._paces.setdefault(target.model.spec.name, EncodePace(slice_s))
+        writing: asyncio.Task[None] | None = None
+        members: list[int] = []
+        objects: list[ChunkObject] = []
+        for group in sorted_groups(
+            counts,
+            self.settings.max_batch,
+            lambda: min(self.settings.max_batch_tokens, pace.max_tokens()),
+        ):
+            await self._live_idle.wait()
+            encoded = [indices[g] for g in group]
+            started = time.perf_counter()
+            objects += await self._encode(
+                target,
+                [requests[i]["chunk"] for i in encoded],
+                sum(counts[g] for g in group),
+                result,
+            )
+            pace.observe(max(counts[g] for g in group) * len(group), time.perf_counter() - started)
+            members += encoded
+            # Written in batches as large as a live one, while the next slices encode.
+            if len(objects) >= self.settings.max_batch:
+                writing = await self._queue_write(
+                    writing, target, members, requests, objects, result
+                )
+                members, objects = [], []
+        if objects:
+            writing = await self._queue_write(writing, target, members, requests, objects, result)
+        if writing is not None:
+            await writing
+
+    async def _queue_write(
+        self,
+        previous: asyncio.Task[None] | None,
+        target: Target,
+        members: list[int],
+        requests: Sequence[dict[str, Any]],
+        objects: list[ChunkObject],
+        result: BatchResult,
+    ) -> asyncio.Task[None]:
+        """A background write, started once the previous one is done and no live batch is in
+        progress: a live write never queues behind more than one background write."""
+        if previous is not None:
+            await previous
+        await self._live_idle.wait()
+        return asyncio.ensure_future(self._write(target, members, requests, objects, result))
+
+    async def _encode(
+        self, target: Target, chunks: list[dict[str, Any]], tokens: int, result: BatchResult
+    ) -> list[ChunkObject]:
+        model = target.model
+        started = time.perf_counter()
+        with tracer.start_as_current_span(
+            "encode",
+            attributes={
+                "streamproc.model_version": f"{model.spec.name}:{model.spec.version}",
+                "streamproc.device": model.device,
+                "streamproc.batch.size": len(chunks),
+                "streamproc.batch.tokens": tokens,
+            },
+        ):
+            vectors = await self._run(self._encode_pool, model.encode, [c["text"] for c in chunks])
+            heading_vectors = await self._heading_vectors(target, chunks)
+        result.encode_seconds += time.perf_counter() - started
+        return [
+            self._object(target, chunk, vector.tolist(), heading_vectors)
+            for chunk, vector in zip(chunks, vectors, strict=True)
+        ]
 
     async def _heading_vectors(
         self, target: Target, chunks: Sequence[dict[str, Any]]
