@@ -93,7 +93,7 @@ def replay_rate(settings: Settings, model: str) -> tuple[float, dict[str, Any]]:
 def main(
     copies: Annotated[int, typer.Option(help="Copies of the corpus (about 210 chunks each).")] = 2,
     repeats: Annotated[int, typer.Option(help="Backfill runs; medians reported.")] = 3,
-    latency_seconds: Annotated[float, typer.Option(help="Seconds per latency phase.")] = 20.0,
+    latency_seconds: Annotated[float, typer.Option(help="Seconds per latency phase.")] = 30.0,
     latency_rate: Annotated[float, typer.Option(help="Live chunks a second.")] = 4.0,
     external: Annotated[bool, typer.Option(help="Use the services the settings point at.")] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON goes.")] = RESULTS,
@@ -162,6 +162,8 @@ def _run(
         "live_p50_s_with_backfill": round(_percentile(busy, 50), 3),
         "live_p99_s_with_backfill": round(_percentile(busy, 99), 3),
         "live_p99_with_over_without": round(_percentile(busy, 99) / _percentile(quiet, 99), 2),
+        "live_max_s_without_backfill": round(max(quiet), 3),
+        "live_max_s_with_backfill": round(max(busy), 3),
         "backfill_running_through_latency_phase": overlapped,
     }
     return {

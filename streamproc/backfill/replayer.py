@@ -30,7 +30,7 @@ from streamproc.errors import ConfigurationError, PermanentError, TransientError
 from streamproc.kafka_io import partitions_of
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import object_uuid
-from streamproc.pipeline.embedder import Embedder, Target
+from streamproc.pipeline.embedder import Background, Embedder, Target
 from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore
 
@@ -381,7 +381,10 @@ class Replayer:
             await self.embedder.handle(
                 requests,
                 [target],
-                background_slice_s=self.settings.backfill.encode_slice_s,
+                background=Background(
+                    self.settings.backfill.encode_slice_s,
+                    self.settings.backfill.idle_encode_slice_s,
+                ),
             )
             if requests
             else None

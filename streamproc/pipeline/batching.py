@@ -32,15 +32,14 @@ def sorted_groups(
 
 
 class EncodePace:
-    """Sizes background encode calls to take about `budget_s` each, from the seconds per padded
-    token of earlier calls: a large batch on a GPU, a few texts on a CPU. A live batch that
-    arrives while one runs waits for it, so `budget_s` bounds that wait on any device."""
+    """Sizes background encode calls to take about a given time each, from the seconds per
+    padded token of earlier calls: a large batch on a GPU, a few texts on a CPU. A live batch
+    that arrives while one runs waits for it, so that time bounds the wait on any device."""
 
     # Before anything is measured: a few short texts on any device.
     FIRST_TOKENS = 512
 
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
+    def __init__(self) -> None:
         self._seconds_per_token: float | None = None
 
     def observe(self, padded_tokens: int, seconds: float) -> None:
@@ -49,10 +48,10 @@ class EncodePace:
         # Smoothed: one call slowed by a neighbour on the machine does not halve the next.
         self._seconds_per_token = rate if previous is None else 0.7 * previous + 0.3 * rate
 
-    def max_tokens(self) -> int:
+    def max_tokens(self, budget_s: float) -> int:
         if self._seconds_per_token is None:
             return self.FIRST_TOKENS
-        return max(1, int(self.budget_s / self._seconds_per_token))
+        return max(1, int(budget_s / self._seconds_per_token))
 
 
 def conflict_free_segments(keys: Sequence[str]) -> list[list[int]]:

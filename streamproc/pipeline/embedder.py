@@ -39,12 +39,24 @@ T = TypeVar("T")
 OBJECT_ATTEMPTS = 3
 # Heading vectors kept per target collection (a few MB at 384 dimensions).
 HEADING_CACHE_SIZE = 4096
+# Live traffic counts as flowing for this long after a live batch ends.
+LIVE_RECENT_S = 5.0
 
 
 @dataclass(frozen=True)
 class Target:
     model: EmbeddingModel
     collection: str
+
+
+@dataclass(frozen=True)
+class Background:
+    """How a background (backfill) call yields to live batches: each encode call is sized to
+    take about `slice_s` while live traffic flows, `idle_slice_s` while it does not (larger
+    calls encode faster; the first live batch after a quiet spell waits for one of them)."""
+
+    slice_s: float
+    idle_slice_s: float
 
 
 @dataclass
@@ -76,6 +88,7 @@ class Embedder:
         self._live = 0
         self._live_idle = asyncio.Event()
         self._live_idle.set()
+        self._live_seen = -LIVE_RECENT_S
 
     def close(self) -> None:
         self._encode_pool.shutdown(wait=True)
@@ -86,18 +99,17 @@ class Embedder:
         requests: Sequence[dict[str, Any]],
         targets: Sequence[Target] | None = None,
         *,
-        background_slice_s: float | None = None,
+        background: Background | None = None,
         on_target_done: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> BatchResult:
         """Write `requests` to `targets` (default: the configured ones), one target after the
         other; `on_target_done` gets each target's done records as soon as its writes are
         confirmed, so the configured targets (first) do not wait for backfill targets.
 
-        With `background_slice_s` (a backfill replay) the call yields to live batches: each
-        encode call is sized to take about that long and starts only while no live batch is in
-        progress, and at most one background write is queued, starting under the same rule."""
-        background = background_slice_s is not None
-        if not background:
+        With `background` (a backfill replay) the call yields to live batches: each encode call
+        is sized to take a slice of time and starts only while no live batch is in progress, and
+        at most one background write is queued, starting under the same rule."""
+        if background is None:
             self._live += 1
             self._live_idle.clear()
         try:
@@ -108,18 +120,17 @@ class Embedder:
                 for segment in segments:
                     upserts = [i for i in segment if requests[i]["op"] == "UPSERT"]
                     deletes = [i for i in segment if requests[i]["op"] == "DELETE"]
-                    if background_slice_s is None:
+                    if background is None:
                         await self._upsert(target, requests, upserts, result)
                     else:
-                        await self._upsert_background(
-                            target, requests, upserts, result, background_slice_s
-                        )
+                        await self._upsert_background(target, requests, upserts, result, background)
                     await self._delete(target, requests, deletes, result)
                 if on_target_done is not None:
                     await on_target_done(result.done[first:])
             return result
         finally:
-            if not background:
+            if background is None:
+                self._live_seen = time.monotonic()
                 self._live -= 1
                 if not self._live:
                     self._live_idle.set()
@@ -150,17 +161,17 @@ class Embedder:
         requests: Sequence[dict[str, Any]],
         indices: list[int],
         result: BatchResult,
-        slice_s: float,
+        background: Background,
     ) -> None:
         counts = [self._tokens(target.model, requests[i]["chunk"]) for i in indices]
-        pace = self._paces.setdefault(target.model.spec.name, EncodePace(slice_s))
+        pace = self._paces.setdefault(target.model.spec.name, EncodePace())
         writing: asyncio.Task[None] | None = None
         members: list[int] = []
         objects: list[ChunkObject] = []
         for group in sorted_groups(
             counts,
             self.settings.max_batch,
-            lambda: min(self.settings.max_batch_tokens, pace.max_tokens()),
+            lambda: min(self.settings.max_batch_tokens, pace.max_tokens(self._slice(background))),
         ):
             await self._live_idle.wait()
             encoded = [indices[g] for g in group]
@@ -183,6 +194,10 @@ class Embedder:
             writing = await self._queue_write(writing, target, members, requests, objects, result)
         if writing is not None:
             await writing
+
+    def _slice(self, background: Background) -> float:
+        live = self._live or time.monotonic() - self._live_seen < LIVE_RECENT_S
+        return background.slice_s if live else background.idle_slice_s
 
     async def _queue_write(
         self,

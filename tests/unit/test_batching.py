@@ -33,10 +33,11 @@ def test_groups_follow_a_budget_that_changes_between_groups() -> None:
 
 
 def test_pace_sizes_calls_to_the_budget_from_measured_speed() -> None:
-    pace = EncodePace(budget_s=0.1)
-    assert pace.max_tokens() == EncodePace.FIRST_TOKENS
+    pace = EncodePace()
+    assert pace.max_tokens(0.1) == EncodePace.FIRST_TOKENS
     pace.observe(padded_tokens=1000, seconds=0.5)  # a slow device: 2000 tokens a second
-    assert pace.max_tokens() == 200
+    assert pace.max_tokens(0.1) == 200
+    assert pace.max_tokens(0.5) == 1000
     for _ in range(20):
         pace.observe(padded_tokens=1000, seconds=0.01)  # then a fast one
-    assert 9000 < pace.max_tokens() <= 10000
+    assert 9000 < pace.max_tokens(0.1) <= 10000
