@@ -26,6 +26,7 @@ def run_role(settings: Settings, role: str) -> None:
     from streamproc.pipeline.embedder import Embedder
     from streamproc.weaviate_store import WeaviateStore, connect
     from streamproc.workers import (
+        background_pacing,
         create_chunker_app,
         create_embedder_app,
         load_models,
@@ -40,7 +41,12 @@ def run_role(settings: Settings, role: str) -> None:
     models = load_models(settings)
     with connect(settings.weaviate) as client:
         store = WeaviateStore(client)
-        embedder = Embedder(prepare_targets(store, settings, models), store, settings.embedder)
+        embedder = Embedder(
+            prepare_targets(store, settings, models),
+            store,
+            settings.embedder,
+            background_pacing(settings),
+        )
         try:
             _run(create_embedder_app(settings, embedder, store, ModelPool(settings, models)))
         finally:

@@ -147,10 +147,11 @@ class BackfillSettings(BaseModel):
     max_concurrent_jobs: int = Field(default=1, ge=1)
     # Chunk-topic records per replay batch (one progress save each).
     batch_size: int = Field(default=256, ge=1)
-    # A replay encode call is sized (from measured speed) to take about this long while live
-    # traffic flows (a live batch waits that long at most: a few texts on a CPU, a big batch on
-    # a GPU), and about `idle_encode_slice_s` when no live batch ran in the last 5 s (larger
-    # calls encode faster; the first live batch after a quiet spell waits for one).
+    # An encode call for a backfill target (replay, or a live batch's write to it) is sized
+    # from measured speed to take about this long while live traffic flows (a live batch waits
+    # that long at most: a few texts on a CPU, a big batch on a GPU), and about
+    # `idle_encode_slice_s` when no live batch ran in the last 5 s (larger calls encode faster;
+    # the first live batch after a quiet spell waits for one).
     encode_slice_s: float = Field(default=0.1, gt=0)
     idle_encode_slice_s: float = Field(default=0.25, gt=0)
     # Live traffic first: the replay pauses while the embedder group is more than this many

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +35,8 @@ from streamproc.errors import ConfigurationError, PermanentError, SchemaError
 from streamproc.models import EmbeddingModel, load_model, resolve_source
 from streamproc.naming import document_key
 from streamproc.pipeline.chunker import Chunker
-from streamproc.pipeline.embedder import Embedder, Target
+from streamproc.pipeline.embedder import Background, Embedder, Lane, Target
+from streamproc.pipeline.ordered import InOrder
 from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore
 
@@ -44,6 +45,8 @@ tracer = telemetry.tracer
 
 ROLES = ("chunker", "embedder")
 DLQ_SUFFIX = ".dlq"
+# Embed batches whose backfill-target writes and ack may still be running behind the stream.
+MAX_UNFINISHED_BATCHES = 4
 
 
 def _faust_app(settings: Settings, role: str) -> faust.App:
@@ -304,10 +307,11 @@ def create_embedder_app(
     _add_backfill(app, settings, embedder, store, models, view, live)
     unknown_models: set[str] = set()
 
-    async def targets_now() -> list[Target]:
-        """The configured targets plus every collection a backfill job has live traffic write."""
-        targets = list(embedder.targets)
-        configured = {t.collection for t in targets}
+    async def backfill_targets() -> list[Target]:
+        """Every collection besides the configured ones that a backfill job has live traffic
+        write."""
+        targets = []
+        configured = {t.collection for t in embedder.targets}
         for collection, name in live_write_collections((await view.refresh()).values()).items():
             if collection in configured:
                 continue
@@ -327,25 +331,54 @@ def create_embedder_app(
 
     @app.agent(source)
     async def embed(stream: faust.Stream) -> None:
-        async for events in stream.take_events(
-            settings.embedder.max_events, within=settings.embedder.max_wait_s
-        ):
-            first = events[0].message
-            links = [link for e in events if (link := telemetry.link_to(e.message.headers))]
-            # A batch has many parents: it starts its own trace and links to every message.
-            with tracer.start_as_current_span(
-                f"process {first.topic}",
-                context=Context(),
-                kind=SpanKind.CONSUMER,
-                links=links,
-                attributes={
-                    **telemetry.consume_attributes(first.topic, first.partition, None, group),
-                    "messaging.batch.message_count": len(events),
-                },
-            ) as span:
-                await handle(events, span)
+        # A batch's backfill-target writes, DLQ sends and ack run behind the stream, so the
+        # next batch's configured collections do not wait for them; acks stay in order.
+        finishing = InOrder(MAX_UNFINISHED_BATCHES)
+        try:
+            async for events in stream.noack_take(
+                settings.embedder.max_events, within=settings.embedder.max_wait_s
+            ):
+                first = events[0].message
+                links = [link for e in events if (link := telemetry.link_to(e.message.headers))]
+                # A batch has many parents: it starts its own trace and links to every message.
+                # The span ends when the batch is acked.
+                span = tracer.start_span(
+                    f"process {first.topic}",
+                    context=Context(),
+                    kind=SpanKind.CONSUMER,
+                    links=links,
+                    attributes={
+                        **telemetry.consume_attributes(first.topic, first.partition, None, group),
+                        "messaging.batch.message_count": len(events),
+                    },
+                )
+                try:
+                    with trace.use_span(span):
+                        finish = await handle(events, span)
+                        await finishing.add(
+                            lambda f=finish, e=events, s=span: ack_after(f, stream, e, s)
+                        )
+                except BaseException:
+                    span.end()
+                    raise
+        finally:
+            # Unacked batches are delivered again: at least once.
+            finishing.cancel()
 
-    async def handle(events: list[EventT], span: trace.Span) -> None:
+    async def ack_after(
+        finish: Callable[[], Awaitable[None]],
+        stream: faust.Stream,
+        events: list[EventT],
+        span: trace.Span,
+    ) -> None:
+        with trace.use_span(span, end_on_exit=True):
+            await finish()
+            for event in events:
+                await stream.ack(event)
+
+    async def handle(events: list[EventT], span: trace.Span) -> Callable[[], Awaitable[None]]:
+        """The batch into the configured collections, their embed-done records sent; returns
+        the rest of the batch's work (backfill targets, DLQ, waiting for the sends)."""
         started = time.perf_counter()
         requests, kept, futures = [], [], []
         for event in events:
@@ -354,22 +387,24 @@ def create_embedder_app(
                 kept.append(event)
             except SchemaError as exc:
                 futures.append(await _dead_letter(app, event, exc))
-        targets = await targets_now()
-        span.set_attributes(
-            {
-                "streamproc.collections": ",".join(t.collection for t in targets),
-                "streamproc.model_versions": ",".join(
-                    f"{t.model.spec.name}:{t.model.spec.version}" for t in targets
-                ),
-            }
-        )
         headers_of = {
             r["chunk_key"]: e.message.headers for r, e in zip(requests, kept, strict=True)
         }
         batch_link = [Link(span.get_span_context())]
 
         async def publish(records: list[dict[str, Any]]) -> None:
+            # Counted before they are sent: a reader who sees a record sees it counted.
+            telemetry.count(
+                {
+                    "embedded": sum(d["status"] == "EMBEDDED" for d in records),
+                    "deleted": sum(d["status"] == "DELETED" for d in records),
+                },
+                role="embedder",
+            )
             for done in records:
+                telemetry.ingest_latency.record(
+                    done["latency_ms"] / 1000, {"collection": done["collection"]}
+                )
                 # In the document's trace (child of the chunk's send), linked to the batch.
                 with tracer.start_as_current_span(
                     f"send {done_topic}",
@@ -397,49 +432,62 @@ def create_embedder_app(
                             telemetry.kafka_headers(),
                         )
                     )
-                telemetry.ingest_latency.record(
-                    done["latency_ms"] / 1000, {"collection": done["collection"]}
-                )
 
-        # The configured collections' embed-done records go out before backfill targets encode.
-        result = await embedder.handle(requests, targets, on_target_done=publish)
-        for index, reason in result.failed.items():
-            futures.append(
-                await _dead_letter(
-                    app, kept[index], PermanentError(reason, reason="weaviate_rejected")
-                )
-            )
-        # take_events acks this batch when the next is requested: only after this point.
-        await asyncio.gather(*futures)
+        result = await embedder.handle(requests, on_target_done=publish)
         processed: dict[TopicPartition, int] = {}
         for event in events:
             tp = TopicPartition(event.message.topic, event.message.partition)
             processed[tp] = max(processed.get(tp, 0), event.message.offset + 1)
+        # Live load is what searches wait for: the configured collections.
         live.observe_batch(max((d["latency_ms"] for d in result.done), default=0) / 1000, processed)
-        telemetry.batch_size.record(len(events))
-        telemetry.encode_duration.record(result.encode_seconds)
-        telemetry.write_duration.record(result.write_seconds)
-        telemetry.count(
-            {
-                "embedded": sum(d["status"] == "EMBEDDED" for d in result.done),
-                "deleted": sum(d["status"] == "DELETED" for d in result.done),
-            },
-            role="embedder",
-        )
-        span.set_attributes(
-            {"streamproc.done": len(result.done), "streamproc.failed": len(result.failed)}
-        )
-        log.info(
-            "embedded batch",
-            extra={
-                "events": len(events),
-                "done": len(result.done),
-                "failed": len(result.failed),
-                "encode_s": round(result.encode_seconds, 3),
-                "write_s": round(result.write_seconds, 3),
-                "batch_s": round(time.perf_counter() - started, 3),
-            },
-        )
+
+        async def finish() -> None:
+            # Asked now, not when the batch came: a retired job's collection gets no more writes.
+            extra = await backfill_targets()
+            targets = [*embedder.targets, *extra]
+            span.set_attributes(
+                {
+                    "streamproc.collections": ",".join(t.collection for t in targets),
+                    "streamproc.model_versions": ",".join(
+                        f"{t.model.spec.name}:{t.model.spec.version}" for t in targets
+                    ),
+                }
+            )
+            results = [result]
+            if extra:
+                results.append(
+                    await embedder.handle(
+                        requests, extra, lane=Lane.LIVE_BACKFILL, on_target_done=publish
+                    )
+                )
+            # One dead letter per request; the configured collection's reason wins.
+            failed = {i: reason for r in reversed(results) for i, reason in r.failed.items()}
+            for index, reason in sorted(failed.items()):
+                futures.append(
+                    await _dead_letter(
+                        app, kept[index], PermanentError(reason, reason="weaviate_rejected")
+                    )
+                )
+            # Acked only after every send is confirmed.
+            await asyncio.gather(*futures)
+            done = [d for r in results for d in r.done]
+            telemetry.batch_size.record(len(events))
+            telemetry.encode_duration.record(sum(r.encode_seconds for r in results))
+            telemetry.write_duration.record(sum(r.write_seconds for r in results))
+            span.set_attributes({"streamproc.done": len(done), "streamproc.failed": len(failed)})
+            log.info(
+                "embedded batch",
+                extra={
+                    "events": len(events),
+                    "done": len(done),
+                    "failed": len(failed),
+                    "encode_s": round(sum(r.encode_seconds for r in results), 3),
+                    "write_s": round(sum(r.write_seconds for r in results), 3),
+                    "batch_s": round(time.perf_counter() - started, 3),
+                },
+            )
+
+        return finish
 
     return app
 
@@ -528,6 +576,10 @@ def _add_backfill(
         for task in running.values():
             task.cancel()
         await view.stop()
+
+
+def background_pacing(settings: Settings) -> Background:
+    return Background(settings.backfill.encode_slice_s, settings.backfill.idle_encode_slice_s)
 
 
 def load_models(settings: Settings) -> list[EmbeddingModel]:

@@ -30,7 +30,7 @@ from streamproc.errors import ConfigurationError, PermanentError, TransientError
 from streamproc.kafka_io import partitions_of
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import object_uuid
-from streamproc.pipeline.embedder import Background, Embedder, Target
+from streamproc.pipeline.embedder import Embedder, Lane, Target
 from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore
 
@@ -378,16 +378,7 @@ class Replayer:
             elif action is replay.Action.SKIP:
                 skipped += 1
         result = (
-            await self.embedder.handle(
-                requests,
-                [target],
-                background=Background(
-                    self.settings.backfill.encode_slice_s,
-                    self.settings.backfill.idle_encode_slice_s,
-                ),
-            )
-            if requests
-            else None
+            await self.embedder.handle(requests, [target], lane=Lane.REPLAY) if requests else None
         )
         if result is not None and result.failed:
             reasons = sorted(set(result.failed.values()))

@@ -1,9 +1,10 @@
 """Every worker's view of the backfill jobs: the job table's changelog, read up to its end.
 
 The table lives in the worker that owns it; the other embedders learn which collections they
-must also write from its changelog. `refresh()` before each live batch reads up to the
-changelog's end offset at that moment, so a batch that starts after a job was marked RUNNING
-always writes that job's collection too: the replay's watermarks are taken only after then.
+must also write from its changelog. `refresh()` before a live batch writes backfill targets
+reads up to the changelog's end offset at that moment; the batch's events were produced before
+then, so if the job was not RUNNING yet they lie below the watermarks the replay takes after
+it is, and otherwise the batch writes the job's collection too.
 """
 
 from __future__ import annotations

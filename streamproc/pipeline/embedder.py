@@ -3,6 +3,11 @@
 Encoding runs on its own thread (torch releases the GIL), Weaviate writes on another, so the
 event loop keeps Kafka heartbeats going. Within one batch, sub-batch k+1 is encoded while
 sub-batch k is written; the batch's offsets are acked only after every write is confirmed.
+
+Work comes in three lanes (`Lane`): live batches into the configured collections, live batches
+into backfill targets, and backfill replays. A lane encodes and writes only while the lanes
+before it have nothing in progress, in calls sized to a time slice, so searchable latency
+does not pay for a backfill beyond one slice and one write.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import IntEnum
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -49,11 +55,21 @@ class Target:
     collection: str
 
 
+class Lane(IntEnum):
+    """Who yields to whom: a lower value goes first."""
+
+    # Live batches into the configured collections: what searches see.
+    LIVE = 0
+    # The same batches into backfill targets, after their configured collections are written.
+    LIVE_BACKFILL = 1
+    REPLAY = 2
+
+
 @dataclass(frozen=True)
 class Background:
-    """How a background (backfill) call yields to live batches: each encode call is sized to
-    take about `slice_s` while live traffic flows, `idle_slice_s` while it does not (larger
-    calls encode faster; the first live batch after a quiet spell waits for one of them)."""
+    """How work behind the live lane yields: each encode call is sized to take about `slice_s`
+    while live traffic flows, `idle_slice_s` while it does not (larger calls encode faster;
+    the first live batch after a quiet spell waits for one of them)."""
 
     slice_s: float
     idle_slice_s: float
@@ -74,20 +90,26 @@ def heading_text(path: Sequence[str]) -> str:
 
 class Embedder:
     def __init__(
-        self, targets: Sequence[Target], store: WeaviateStore, settings: EmbedderSettings
+        self,
+        targets: Sequence[Target],
+        store: WeaviateStore,
+        settings: EmbedderSettings,
+        background: Background,
     ) -> None:
         self.targets = list(targets)
         self.store = store
         self.settings = settings
+        self.background = background
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="weaviate")
         self._heading_cache: dict[str, OrderedDict[str, np.ndarray]] = {}
         self._paces: dict[str, EncodePace] = {}
-        # Live batches in progress; background (backfill) encodes and writes start only while
-        # there are none, so a live batch waits behind at most one of each.
-        self._live = 0
-        self._live_idle = asyncio.Event()
-        self._live_idle.set()
+        # Calls in progress per lane; a lane's encodes and writes start only while the lanes
+        # before it have none, so a call waits behind at most one encode and one write of a
+        # later lane.
+        self._busy = dict.fromkeys(Lane, 0)
+        self._turn = {lane: asyncio.Event() for lane in Lane}
+        self._update_turns()
         self._live_seen = -LIVE_RECENT_S
 
     def close(self) -> None:
@@ -99,19 +121,17 @@ class Embedder:
         requests: Sequence[dict[str, Any]],
         targets: Sequence[Target] | None = None,
         *,
-        background: Background | None = None,
+        lane: Lane = Lane.LIVE,
         on_target_done: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> BatchResult:
         """Write `requests` to `targets` (default: the configured ones), one target after the
         other; `on_target_done` gets each target's done records as soon as its writes are
-        confirmed, so the configured targets (first) do not wait for backfill targets.
+        confirmed.
 
-        With `background` (a backfill replay) the call yields to live batches: each encode call
-        is sized to take a slice of time and starts only while no live batch is in progress, and
-        at most one background write is queued, starting under the same rule."""
-        if background is None:
-            self._live += 1
-            self._live_idle.clear()
+        Behind the live lane, the call yields to earlier lanes: each encode call is sized to
+        take a slice of time and starts only while they have nothing in progress, and at most
+        one write is queued, starting under the same rule."""
+        self._enter(lane)
         try:
             result = BatchResult()
             segments = conflict_free_segments([r["chunk_key"] for r in requests])
@@ -120,20 +140,33 @@ class Embedder:
                 for segment in segments:
                     upserts = [i for i in segment if requests[i]["op"] == "UPSERT"]
                     deletes = [i for i in segment if requests[i]["op"] == "DELETE"]
-                    if background is None:
+                    if lane is Lane.LIVE:
                         await self._upsert(target, requests, upserts, result)
                     else:
-                        await self._upsert_background(target, requests, upserts, result, background)
+                        await self._upsert_background(target, requests, upserts, result, lane)
                     await self._delete(target, requests, deletes, result)
                 if on_target_done is not None:
                     await on_target_done(result.done[first:])
             return result
         finally:
-            if background is None:
-                self._live_seen = time.monotonic()
-                self._live -= 1
-                if not self._live:
-                    self._live_idle.set()
+            self._leave(lane)
+
+    def _enter(self, lane: Lane) -> None:
+        self._busy[lane] += 1
+        self._update_turns()
+
+    def _leave(self, lane: Lane) -> None:
+        if lane is Lane.LIVE:
+            self._live_seen = time.monotonic()
+        self._busy[lane] -= 1
+        self._update_turns()
+
+    def _update_turns(self) -> None:
+        for lane, turn in self._turn.items():
+            if any(self._busy[earlier] for earlier in Lane if earlier < lane):
+                turn.clear()
+            else:
+                turn.set()
 
     async def _upsert(
         self,
@@ -161,7 +194,7 @@ class Embedder:
         requests: Sequence[dict[str, Any]],
         indices: list[int],
         result: BatchResult,
-        background: Background,
+        lane: Lane,
     ) -> None:
         counts = [self._tokens(target.model, requests[i]["chunk"]) for i in indices]
         pace = self._paces.setdefault(target.model.spec.name, EncodePace())
@@ -171,9 +204,9 @@ class Embedder:
         for group in sorted_groups(
             counts,
             self.settings.max_batch,
-            lambda: min(self.settings.max_batch_tokens, pace.max_tokens(self._slice(background))),
+            lambda: min(self.settings.max_batch_tokens, pace.max_tokens(self._slice())),
         ):
-            await self._live_idle.wait()
+            await self._turn[lane].wait()
             encoded = [indices[g] for g in group]
             started = time.perf_counter()
             objects += await self._encode(
@@ -187,20 +220,23 @@ class Embedder:
             # Written in batches as large as a live one, while the next slices encode.
             if len(objects) >= self.settings.max_batch:
                 writing = await self._queue_write(
-                    writing, target, members, requests, objects, result
+                    lane, writing, target, members, requests, objects, result
                 )
                 members, objects = [], []
         if objects:
-            writing = await self._queue_write(writing, target, members, requests, objects, result)
+            writing = await self._queue_write(
+                lane, writing, target, members, requests, objects, result
+            )
         if writing is not None:
             await writing
 
-    def _slice(self, background: Background) -> float:
-        live = self._live or time.monotonic() - self._live_seen < LIVE_RECENT_S
-        return background.slice_s if live else background.idle_slice_s
+    def _slice(self) -> float:
+        live = self._busy[Lane.LIVE] or time.monotonic() - self._live_seen < LIVE_RECENT_S
+        return self.background.slice_s if live else self.background.idle_slice_s
 
     async def _queue_write(
         self,
+        lane: Lane,
         previous: asyncio.Task[None] | None,
         target: Target,
         members: list[int],
@@ -208,11 +244,11 @@ class Embedder:
         objects: list[ChunkObject],
         result: BatchResult,
     ) -> asyncio.Task[None]:
-        """A background write, started once the previous one is done and no live batch is in
-        progress: a live write never queues behind more than one background write."""
+        """A write behind the live lane, started once the previous one is done and it is the
+        lane's turn: a write never queues behind more than one of a later lane."""
         if previous is not None:
             await previous
-        await self._live_idle.wait()
+        await self._turn[lane].wait()
         return asyncio.ensure_future(self._write(target, members, requests, objects, result))
 
     async def _encode(

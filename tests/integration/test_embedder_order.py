@@ -11,7 +11,7 @@ from streamproc.pipeline.chunker import Chunker
 from streamproc.pipeline.embedder import Embedder, Target
 from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore, connect
-from streamproc.workers import splitter_for
+from streamproc.workers import background_pacing, splitter_for
 from tests.pipeline_support import event
 
 
@@ -33,7 +33,9 @@ def test_a_delete_then_upsert_of_the_same_chunk_in_one_batch_leaves_the_chunk(
         store = WeaviateStore(client)
         collection = settings.collection_for(model.spec)
         store.ensure_collection(collection, model.dimension)
-        embedder = Embedder([Target(model, collection)], store, settings.embedder)
+        embedder = Embedder(
+            [Target(model, collection)], store, settings.embedder, background_pacing(settings)
+        )
         try:
             result = asyncio.run(embedder.handle(batch))
         finally:
