@@ -354,10 +354,7 @@ def create_embedder_app(
                 )
                 try:
                     with trace.use_span(span):
-                        finish = await handle(events, span)
-                        await finishing.add(
-                            lambda f=finish, e=events, s=span: ack_after(f, stream, e, s)
-                        )
+                        await finishing.add(await handle(stream, events, span))
                 except BaseException:
                     span.end()
                     raise
@@ -365,20 +362,12 @@ def create_embedder_app(
             # Unacked batches are delivered again: at least once.
             finishing.cancel()
 
-    async def ack_after(
-        finish: Callable[[], Awaitable[None]],
-        stream: faust.Stream,
-        events: list[EventT],
-        span: trace.Span,
-    ) -> None:
-        with trace.use_span(span, end_on_exit=True):
-            await finish()
-            for event in events:
-                await stream.ack(event)
-
-    async def handle(events: list[EventT], span: trace.Span) -> Callable[[], Awaitable[None]]:
+    async def handle(
+        stream: faust.Stream, events: list[EventT], span: trace.Span
+    ) -> Callable[[], Awaitable[None]]:
         """The batch into the configured collections, their embed-done records sent; returns
-        the rest of the batch's work (backfill targets, DLQ, waiting for the sends)."""
+        the rest of the batch's work (backfill targets, DLQ, waiting for the sends, the ack),
+        which ends the batch's span."""
         started = time.perf_counter()
         requests, kept, futures = [], [], []
         for event in events:
@@ -433,7 +422,8 @@ def create_embedder_app(
                         )
                     )
 
-        result = await embedder.handle(requests, on_target_done=publish)
+        result = await embedder.handle(requests)
+        await publish(result.done)
         processed: dict[TopicPartition, int] = {}
         for event in events:
             tp = TopicPartition(event.message.topic, event.message.partition)
@@ -442,6 +432,12 @@ def create_embedder_app(
         live.observe_batch(max((d["latency_ms"] for d in result.done), default=0) / 1000, processed)
 
         async def finish() -> None:
+            with trace.use_span(span, end_on_exit=True):
+                await finish_batch()
+                for event in events:
+                    await stream.ack(event)
+
+        async def finish_batch() -> None:
             # Asked now, not when the batch came: a retired job's collection gets no more writes.
             extra = await backfill_targets()
             targets = [*embedder.targets, *extra]
@@ -455,11 +451,8 @@ def create_embedder_app(
             )
             results = [result]
             if extra:
-                results.append(
-                    await embedder.handle(
-                        requests, extra, lane=Lane.LIVE_BACKFILL, on_target_done=publish
-                    )
-                )
+                results.append(await embedder.handle(requests, extra, lane=Lane.LIVE_BACKFILL))
+                await publish(results[-1].done)
             # One dead letter per request; the configured collection's reason wins.
             failed = {i: reason for r in reversed(results) for i, reason in r.failed.items()}
             for index, reason in sorted(failed.items()):

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -122,11 +122,9 @@ class Embedder:
         targets: Sequence[Target] | None = None,
         *,
         lane: Lane = Lane.LIVE,
-        on_target_done: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> BatchResult:
         """Write `requests` to `targets` (default: the configured ones), one target after the
-        other; `on_target_done` gets each target's done records as soon as its writes are
-        confirmed.
+        other.
 
         Behind the live lane, the call yields to earlier lanes: each encode call is sized to
         take a slice of time and starts only while they have nothing in progress, and at most
@@ -136,7 +134,6 @@ class Embedder:
             result = BatchResult()
             segments = conflict_free_segments([r["chunk_key"] for r in requests])
             for target in self.targets if targets is None else targets:
-                first = len(result.done)
                 for segment in segments:
                     upserts = [i for i in segment if requests[i]["op"] == "UPSERT"]
                     deletes = [i for i in segment if requests[i]["op"] == "DELETE"]
@@ -145,8 +142,6 @@ class Embedder:
                     else:
                         await self._upsert_background(target, requests, upserts, result, lane)
                     await self._delete(target, requests, deletes, result)
-                if on_target_done is not None:
-                    await on_target_done(result.done[first:])
             return result
         finally:
             self._leave(lane)
