@@ -33,13 +33,12 @@ from typing import Annotated, Any
 import psutil
 import typer
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
 from streamproc.demo import CORPUS, local_services
 from streamproc.errors import StreamprocError
-from streamproc.kafka_io import end_offsets, follow, producer
+from streamproc.kafka_io import admin_client, end_offsets, follow, producer
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import document_key, object_uuid
 from streamproc.otlp_receiver import OtlpReceiver
@@ -259,7 +258,7 @@ def machine() -> dict[str, Any]:
 
 
 async def _drop_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = admin_client(settings)
     await admin.start()
     try:
         topics = [t for t in await admin.list_topics() if t.startswith(settings.kafka.topic_prefix)]
@@ -308,7 +307,7 @@ def run_isolated(
     with tempfile.TemporaryDirectory() as tmp, local_services(base, manage=not external):
         settings = make_settings(base, Path(tmp))
         specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
-        asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
+        asyncio.run(reconcile(settings, specs, apply=True))
         try:
             results = body(settings, Path(tmp))
         finally:

@@ -94,7 +94,15 @@ class AvroCodec:
             if field["name"] not in obj and "default" not in field:
                 raise SchemaError(self.name, "required field is missing", field=field["name"])
         # Round-trip through the binary form so JSON and binary inputs decode to equal records.
-        return self.decode(self.encode(obj))
+        try:
+            binary = self.encode(obj)
+        except UnicodeEncodeError as exc:
+            # JSON may escape a lone surrogate ("\ud800"), which no UTF-8 string can hold. The
+            # error's own text quotes the string, so only the position is kept.
+            raise SchemaError(
+                self.name, f"a string holds a lone surrogate (character {exc.start})"
+            ) from None
+        return self.decode(binary)
 
     def decode_any(self, data: bytes) -> dict[str, Any]:
         if data[:2] == SINGLE_OBJECT_MAGIC:

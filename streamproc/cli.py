@@ -21,13 +21,16 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(topology_app, name="topology")
 
 
-def _settings() -> Settings:
-    return load_settings()
-
-
 def _fail(exc: Exception) -> typer.Exit:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=1)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except StreamprocError as exc:
+        raise _fail(exc) from exc
 
 
 @dev_app.command("up")
@@ -92,7 +95,7 @@ def _reconcile(apply: bool) -> None:
     settings = _settings()
     specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
     try:
-        report = asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=apply))
+        report = asyncio.run(reconcile(settings, specs, apply=apply))
     except StreamprocError as exc:
         raise _fail(exc) from exc
     for note in report.notes:
@@ -170,11 +173,11 @@ def worker(
 
     settings = _settings()
     try:
+        configure_logging()
         if role == "all":
             raise typer.Exit(code=run_all(settings, ROLES))
         if role not in ROLES:
             raise StreamprocError(f"unknown role {role!r}; use one of {', '.join(ROLES)} or all")
-        configure_logging()
         run_role(settings, role)
     except StreamprocError as exc:
         raise _fail(exc) from exc
@@ -185,6 +188,12 @@ def produce(
     paths: Annotated[list[str], typer.Argument(help="Files, folders (recursive) or globs")],
     tenant: Annotated[str, typer.Option(help="Tenant of every document")] = "default",
     delete: Annotated[bool, typer.Option("--delete", help="Send op=DELETE events")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Re-embed every chunk, even unchanged ones (after a lost write)"
+        ),
+    ] = False,
 ) -> None:
     """Publish one ingest-complete event per document to chunk-requested."""
     from streamproc import telemetry
@@ -195,7 +204,7 @@ def produce(
     try:
         docs = expand(paths)
         sent = asyncio.run(
-            produce_documents(settings, docs, tenant, "DELETE" if delete else "UPSERT")
+            produce_documents(settings, docs, tenant, "DELETE" if delete else "UPSERT", force=force)
         )
     except StreamprocError as exc:
         raise _fail(exc) from exc
@@ -208,7 +217,8 @@ def verify(
         str | None, typer.Option(help="Collection to check; default: the one the alias serves")
     ] = None,
 ) -> None:
-    """Compare the live keys of the chunk topic with a collection's objects, per tenant."""
+    """Compare the live chunks of the chunk topic with a collection's objects, per tenant, by
+    key and text hash: missing, unexpected and stale (held with another text) objects."""
     from streamproc.verify import verify_collection
 
     settings = _settings()
@@ -218,10 +228,7 @@ def verify(
         raise _fail(exc) from exc
     for report in reports:
         mark = "ok" if report.ok else "MISMATCH"
-        typer.echo(
-            f"{name} tenant {report.tenant}: {report.actual} objects, {report.expected} live "
-            f"chunks, {len(report.missing)} missing, {len(report.unexpected)} unexpected: {mark}"
-        )
+        typer.echo(f"{name} tenant {report.tenant}: {report.detail()}: {mark}")
     if not all(r.ok for r in reports):
         raise typer.Exit(code=1)
 
@@ -448,7 +455,8 @@ def collections_list() -> None:
     for info in infos:
         mark = "*" if info.served else " "
         typer.echo(
-            f"{mark} {info.name}  {info.model}  {info.objects} objects  live writes: {info.live_writes}"
+            f"{mark} {info.name}  {info.model}  {info.objects} objects  live writes: "
+            f"{info.live_writes}  {info.freshness}"
         )
 
 

@@ -28,12 +28,14 @@ from streamproc.derive import projected_model
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import end_offsets, follow
 from streamproc.localservices.manager import LocalServices
+from streamproc.naming import chunk_key
 from streamproc.produce import Document, content_type, expand, produce_documents
 from streamproc.runner import worker_subprocess
 from streamproc.search import search_alias
 from streamproc.settings import REPO_ROOT, ModelSpec, Settings
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
+from streamproc.verify import verify_collection
 from streamproc.workers import splitter_for
 
 CORPUS = REPO_ROOT / "corpus" / "docs"
@@ -62,12 +64,15 @@ def local_services(settings: Settings, manage: bool) -> Iterator[None]:
                 typer.echo(f"services: {line}")
 
 
-def expected_chunks(settings: Settings, docs: list[Document]) -> int:
+def expected_keys(settings: Settings, docs: list[Document]) -> set[str]:
+    """The chunk keys the corpus gives, by the same pure code the chunker runs."""
     splitter = splitter_for(settings)
-    return sum(
-        len(splitter.split(extract_sections(d.path.read_text(), content_type(d.path))))
+    policy = settings.chunking.policy_version
+    return {
+        chunk_key(TENANT, d.doc_id, policy, draft.index)
         for d in docs
-    )
+        for draft in splitter.split(extract_sections(d.path.read_text(), content_type(d.path)))
+    }
 
 
 def run_demo(settings: Settings, manage_services: bool = True) -> None:
@@ -76,12 +81,18 @@ def run_demo(settings: Settings, manage_services: bool = True) -> None:
     second = projected_model(settings.local.cache_dir)
     if second.name not in {m.name for m in settings.models}:
         settings = settings.model_copy(update={"models": [*settings.models, second]})
+    # `produce` names large or non-UTF-8 files by file:// URI; the worker may read only these.
+    sources = settings.sources.model_copy(
+        update={"file_roots": [*settings.sources.file_roots, CORPUS.resolve()]}
+    )
+    settings = settings.model_copy(update={"sources": sources})
     with local_services(settings, manage_services):
         specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
-        report = asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
+        report = asyncio.run(reconcile(settings, specs, apply=True))
         typer.echo(f"topology: {len(specs)} topics, {len(report.changes)} change(s) applied")
         docs = expand([str(CORPUS)])
-        total = expected_chunks(settings, docs) * len(settings.target_models)
+        keys = expected_keys(settings, docs)
+        configured = {settings.collection_for(m) for m in settings.target_models}
         start_offsets = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
         log = settings.local.state_dir / "demo-worker.log"
         with worker_subprocess(settings, "all", log) as proc:
@@ -89,11 +100,15 @@ def run_demo(settings: Settings, manage_services: bool = True) -> None:
             # DELETE first, so a second run re-embeds everything and shows the same progress.
             asyncio.run(produce_documents(settings, docs, TENANT, "DELETE"))
             asyncio.run(produce_documents(settings, docs, TENANT, "UPSERT"))
-            typer.echo(f"produced {len(docs)} documents; waiting for {total} embed-done records")
-            asyncio.run(_await_embedded(settings, start_offsets, total, proc, log))
+            wanted = {(k, c) for k in keys for c in configured}
+            typer.echo(
+                f"produced {len(docs)} documents; waiting for {len(wanted)} embed-done records"
+            )
+            asyncio.run(_await_embedded(settings, start_offsets, wanted, proc, log))
             for query in QUERIES:
                 _search(settings, query)
             _rotate(settings, second)
+            _verify(settings)
         typer.echo(f"worker: stopped (exit {proc.returncode}); its log: {log}")
     typer.echo(f"\ndone in {time.monotonic() - started:.0f}s")
 
@@ -133,30 +148,40 @@ def _rotate(settings: Settings, model: ModelSpec) -> None:
 async def _await_embedded(
     settings: Settings,
     start: dict[TopicPartition, int],
-    total: int,
+    wanted: set[tuple[str, str]],
     proc: subprocess.Popen[bytes],
     log: Path,
 ) -> None:
+    """Until every (chunk key, configured collection) has an EMBEDDED record: records of other
+    collections (a completed backfill's target keeps getting live writes) do not count."""
     codec = load_schemas(settings.schemas_dir).codec("EmbedDone")
     seen: set[tuple[str, str]] = set()
     idle_since = time.monotonic()
-    with tqdm(total=total, desc="embedded", unit="chunk") as bar:
+    with tqdm(total=len(wanted), desc="embedded", unit="chunk") as bar:
         async with aclosing(follow(settings, start)) as polls:
             async for records in polls:
                 for record in records:
                     done = codec.decode(record.value)
                     key = (done["chunk_key"], done["collection"])
-                    if (
-                        done["tenant"] == TENANT
-                        and done["status"] == "EMBEDDED"
-                        and key not in seen
-                    ):
+                    if done["status"] == "EMBEDDED" and key in wanted and key not in seen:
                         seen.add(key)
                         bar.update(1)
                         idle_since = time.monotonic()
-                if len(seen) >= total:
+                if len(seen) == len(wanted):
                     return
                 if proc.poll() is not None:
                     raise StreamprocError(f"the worker exited ({proc.returncode}); see {log}")
                 if time.monotonic() - idle_since > 300:
                     raise StreamprocError(f"no progress for 5 minutes; see the worker log {log}")
+
+
+def _verify(settings: Settings) -> None:
+    """The served collection against the chunk topic: the demo ends only when it is exact."""
+    name, reports = verify_collection(settings, None)
+    for report in reports:
+        if not report.ok:
+            raise StreamprocError(
+                f"verify {name}[{report.tenant}]: {len(report.missing)} missing, "
+                f"{len(report.unexpected)} unexpected"
+            )
+    typer.echo(f"\nverify {name}: ok ({sum(r.actual for r in reports)} objects)")

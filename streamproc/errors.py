@@ -34,6 +34,15 @@ class SchemaError(PermanentError):
         self.field = field
 
 
+class CollectionMissingError(StreamprocError):
+    """A Weaviate collection that is not there: dropped by `collections retire`, or never made.
+    Neither retried nor dead-lettered: the caller knows whether the collection must exist."""
+
+    def __init__(self, collection: str) -> None:
+        super().__init__(f"collection {collection} does not exist in Weaviate")
+        self.collection = collection
+
+
 class ConfigurationError(StreamprocError):
     """Settings, registry or cluster state that stops a worker from starting."""
 

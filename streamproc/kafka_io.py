@@ -1,27 +1,173 @@
-"""Kafka edge shared by the CLI and the tests: producers, and reading any topic as JSON."""
+"""Kafka edge shared by the CLI, the workers and the tests: every client is made here, with the
+connection settings (TLS, SASL); producers, and reading any topic as JSON."""
 
 from __future__ import annotations
 
 import base64
 import json
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
+from aiokafka.helpers import create_ssl_context
 
 from streamproc.avro_codec import SINGLE_OBJECT_MAGIC, Schemas, load_schemas
-from streamproc.errors import SchemaError, StreamprocError
-from streamproc.settings import Settings
+from streamproc.errors import ConfigurationError, SchemaError, StreamprocError
+from streamproc.settings import KafkaSettings, Settings
+
+if TYPE_CHECKING:
+    from faust.types.auth import CredentialsT
+
+
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
+    try:
+        context = create_ssl_context(
+            cafile=kafka.ssl_cafile,
+            certfile=kafka.ssl_certfile,
+            keyfile=kafka.ssl_keyfile,
+            # A callable, so an encrypted key without a password fails instead of prompting.
+            password=lambda: (
+                kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else ""
+            ),
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            "cannot load the Kafka TLS files (STREAMPROC_KAFKA__SSL_CAFILE, SSL_CERTFILE, "
+            f"SSL_KEYFILE, SSL_KEY_PASSWORD): {type(exc).__name__}: {exc.strerror or exc}"
+        ) from None
+    context.check_hostname = kafka.ssl_check_hostname
+    return context
+
+
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """The keyword arguments every aiokafka client gets: where, who, TLS and SASL."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl_context(kafka)
+    if kafka.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL") and kafka.sasl_password:
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        options["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
+    return options
+
+
+def faust_credentials(kafka: KafkaSettings) -> CredentialsT | None:
+    """The same connection settings as Faust's `broker_credentials`."""
+    from faust import SASLCredentials, SSLCredentials
+
+    if kafka.security_protocol == "SSL":
+        return SSLCredentials(ssl_context(kafka))
+    if kafka.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL") and kafka.sasl_password:
+        return SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value(),
+            # With a context Faust speaks SASL_SSL, without one SASL_PLAINTEXT.
+            ssl_context=ssl_context(kafka) if kafka.security_protocol == "SASL_SSL" else None,
+            mechanism=kafka.sasl_mechanism,
+        )
+    return None
+
+
+async def connection_problem(kafka: KafkaSettings) -> ConfigurationError | None:
+    """Why the first bootstrap server refuses these settings, when it is TLS or SASL: the
+    client itself only says that it could not bootstrap."""
+    options = client_options(kafka)
+    del options["bootstrap_servers"]
+    host, _, port_text = kafka.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    port = int(port_text)
+    where = f"Kafka broker {host}:{port}"
+    try:
+        conn = await create_conn(host, port, request_timeout_ms=10_000, **options)
+    except ssl.SSLCertVerificationError as exc:
+        hint = (
+            "the certificate does not name this host (fix the certificate, or set "
+            "STREAMPROC_KAFKA__SSL_CHECK_HOSTNAME=false)"
+            if "mismatch" in str(exc.verify_message).lower()
+            else "set STREAMPROC_KAFKA__SSL_CAFILE to the CA that signed it"
+        )
+        return ConfigurationError(
+            f"{where}: its TLS certificate is not trusted ({exc.verify_message}); {hint}"
+        )
+    except ssl.SSLError as exc:
+        return ConfigurationError(
+            f"{where}: the TLS handshake failed ({exc.reason}); check "
+            "STREAMPROC_KAFKA__SECURITY_PROTOCOL against the listener, and the client certificate"
+        )
+    except SaslAuthenticationFailed:
+        return ConfigurationError(
+            f"{where} refused the SASL credentials of user {kafka.sasl_username!r} "
+            f"({kafka.sasl_mechanism}): check STREAMPROC_KAFKA__SASL_USERNAME and "
+            "STREAMPROC_KAFKA__SASL_PASSWORD"
+        )
+    except UnsupportedSaslMechanismError as exc:
+        return ConfigurationError(f"{where}: {exc}; set STREAMPROC_KAFKA__SASL_MECHANISM")
+    except (OSError, KafkaError, TimeoutError):
+        return None
+    conn.close()
+    return None
+
+
+class _Explained:
+    """A client whose start names a TLS or SASL refusal instead of 'Unable to bootstrap'."""
+
+    def __init__(self, kafka: KafkaSettings, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._kafka = kafka
+
+    async def start(self) -> None:
+        try:
+            await super().start()  # type: ignore[misc]
+        except KafkaConnectionError:
+            problem = await connection_problem(self._kafka)
+            if problem is None:
+                raise
+            raise problem from None
+
+
+class _Consumer(_Explained, AIOKafkaConsumer):
+    pass
+
+
+class _Producer(_Explained, AIOKafkaProducer):
+    pass
+
+
+class _Admin(_Explained, AIOKafkaAdminClient):
+    pass
+
+
+def consumer_client(settings: Settings, *topics: str, **kwargs: Any) -> AIOKafkaConsumer:
+    return _Consumer(settings.kafka, *topics, **client_options(settings.kafka), **kwargs)
+
+
+def admin_client(settings: Settings, **kwargs: Any) -> AIOKafkaAdminClient:
+    return _Admin(settings.kafka, **client_options(settings.kafka), **kwargs)
+
+
+def producer_client(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
+    return _Producer(settings.kafka, **client_options(settings.kafka), **kwargs)
 
 
 @asynccontextmanager
 async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     # acks=all and idempotence: an acknowledged event is on every in-sync replica, once.
-    prod = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=settings.kafka.client_id,
+    prod = producer_client(
+        settings,
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
@@ -83,9 +229,9 @@ async def tail_topic(
     out: TextIO,
 ) -> int:
     schemas = load_schemas(settings.schemas_dir)
-    consumer = AIOKafkaConsumer(
+    consumer = consumer_client(
+        settings,
         topic,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
@@ -117,8 +263,8 @@ async def read_to_end(
     settings: Settings, topic: str
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of `topic` from offset 0 up to the high watermarks taken at the start."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+    consumer = consumer_client(
+        settings,
         enable_auto_commit=False,
         isolation_level="read_committed",
         # An assignment's first position is resolved in the background; with the default
@@ -150,9 +296,7 @@ async def read_to_end(
 
 async def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
     """The high watermark of every partition of `topic`."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
-    )
+    consumer = consumer_client(settings, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
@@ -166,9 +310,7 @@ async def follow(
 ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
     """Records from the `start` offsets on, one list per poll (empty when a second passed with
     nothing), so callers can check their own deadlines between polls."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
-    )
+    consumer = consumer_client(settings, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(list(start))

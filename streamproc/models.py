@@ -72,7 +72,13 @@ def load_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
     hf_logging.disable_progress_bar()
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = resolve_source(spec.source)
-    model = SentenceTransformer(source, device=chosen, revision=spec.revision)
+    try:
+        model = SentenceTransformer(source, device=chosen, revision=spec.revision)
+    except OSError as exc:
+        # A missing path or an unreachable hub: the registry entry is what needs fixing.
+        raise ConfigurationError(
+            f"cannot load model {spec.name!r} from {spec.source}: {exc}"
+        ) from exc
     if chosen.startswith("cuda"):
         # fp16 on GPU: embeddings for retrieval lose nothing measurable and double throughput.
         model.half()

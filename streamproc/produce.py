@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import hashlib
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,33 +39,58 @@ class Document:
 
 
 def expand(patterns: list[str]) -> list[Document]:
-    """Files as given, folders recursively, globs expanded; doc ids relative to what was named."""
+    """Files as given (doc id: the file name), folders recursively (the path below the folder),
+    globs expanded (the path below the glob's fixed folder, so `docs/**/index.html` gives
+    `guide/index.html`). Two files that would share a doc id are refused before anything is
+    sent: one would silently replace the other."""
     found: dict[Path, Document] = {}
+    owners: dict[str, Path] = {}
     for pattern in patterns:
-        matches = (
-            sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        )
+        magic = glob.has_magic(pattern)
+        matches = sorted(glob.glob(pattern, recursive=True)) if magic else [pattern]
         if not matches:
             raise StreamprocError(f"{pattern!r} matches no file")
         for match in matches:
             path = Path(match)
             if path.is_dir():
-                for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                    found.setdefault(
-                        file.resolve(), Document(file, file.relative_to(path).as_posix())
-                    )
+                base = _fixed_folder(pattern) if magic else match
+                files = sorted(p for p in path.rglob("*") if p.is_file())
             elif path.is_file():
-                found.setdefault(path.resolve(), Document(path, path.name))
+                base = _fixed_folder(pattern) if magic else str(path.parent)
+                files = [path]
             else:
                 raise StreamprocError(f"{match!r} is not a file or folder")
+            for file in files:
+                doc = Document(file, Path(os.path.relpath(file, base)).as_posix())
+                real = file.resolve()
+                if real in found:
+                    continue
+                if doc.doc_id in owners:
+                    raise StreamprocError(
+                        f"doc id {doc.doc_id!r} would name both {owners[doc.doc_id]} and {file}; "
+                        "name the folder that holds them (or a glob over it) so each keeps "
+                        "the path below it"
+                    )
+                found[real] = doc
+                owners[doc.doc_id] = file
     return list(found.values())
+
+
+def _fixed_folder(pattern: str) -> str:
+    """The leading folders of a glob that hold no wildcard."""
+    head = pattern
+    while glob.has_magic(head):
+        head = os.path.dirname(head)
+    return head or "."
 
 
 def content_type(path: Path) -> str:
     return CONTENT_TYPES.get(path.suffix.lower(), "text/plain")
 
 
-def event_for(doc: Document, tenant: str, op: str = "UPSERT") -> dict[str, Any]:
+def event_for(
+    doc: Document, tenant: str, op: str = "UPSERT", *, force: bool = False
+) -> dict[str, Any]:
     data = doc.path.read_bytes()
     inline = len(data) <= INLINE_LIMIT
     text = data.decode("utf-8", errors="strict") if inline and _is_utf8(data) else None
@@ -79,6 +105,7 @@ def event_for(doc: Document, tenant: str, op: str = "UPSERT") -> dict[str, Any]:
         "content_sha256": hashlib.sha256(data).hexdigest(),
         "metadata": {"path": str(doc.path)},
         "ingested_at": None,
+        "force": force,
     }
 
 
@@ -90,14 +117,16 @@ def _is_utf8(data: bytes) -> bool:
         return False
 
 
-async def produce_documents(settings: Settings, docs: list[Document], tenant: str, op: str) -> int:
+async def produce_documents(
+    settings: Settings, docs: list[Document], tenant: str, op: str, *, force: bool = False
+) -> int:
     """Send one event per document (key tenant/doc_id) and wait until Kafka has them all."""
     codec = load_schemas(settings.schemas_dir).codec("ChunkRequested")
     topic = settings.topic("chunk-requested")
     async with producer(settings) as prod:
         futures = []
         for doc in tqdm(docs, desc="producing", unit="doc", disable=len(docs) < 2):
-            event = event_for(doc, tenant, op)
+            event = event_for(doc, tenant, op, force=force)
             key = document_key(tenant, doc.doc_id).encode()
             # The root of the document's trace: every agent continues it from these headers.
             with telemetry.tracer.start_as_current_span(

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import logging
 import os
 import signal
 import subprocess
 import sys
-import tempfile
+import time
+import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import faust
-import yaml
 
 from streamproc import telemetry
 from streamproc.logs import logging_config
-from streamproc.settings import Settings
+from streamproc.settings import Settings, child_env
+
+log = logging.getLogger(__name__)
 
 
-def run_role(settings: Settings, role: str) -> None:
-    """Blocks until the worker stops. Start-up checks fail before Kafka is touched."""
+def run_role(settings: Settings, role: str) -> NoReturn:
+    """Runs until the worker stops, then ends the process. Start-up checks fail before Kafka
+    is touched."""
+    from streamproc.backfill.commands import read_jobs
     from streamproc.backfill.replayer import ModelPool
     from streamproc.pipeline.embedder import Embedder
     from streamproc.weaviate_store import WeaviateStore, connect
@@ -37,23 +45,20 @@ def run_role(settings: Settings, role: str) -> None:
     telemetry.setup(settings.telemetry, f"streamproc-{role}")
     if role == "chunker":
         _run(create_chunker_app(settings, token_counters(settings)))
-        return
-    models = load_models(settings)
+    models = load_models(settings, asyncio.run(read_jobs(settings)).values())
+    configured = {spec.name for spec in settings.target_models}
     with connect(settings.weaviate) as client:
         store = WeaviateStore(client)
         embedder = Embedder(
-            prepare_targets(store, settings, models),
+            prepare_targets(store, settings, [m for m in models if m.spec.name in configured]),
             store,
             settings.embedder,
             background_pacing(settings),
         )
-        try:
-            _run(create_embedder_app(settings, embedder, store, ModelPool(settings, models)))
-        finally:
-            embedder.close()
+        _run(create_embedder_app(settings, embedder, store, ModelPool(settings, models)))
 
 
-def _run(app: faust.App) -> None:
+def _run(app: faust.App) -> NoReturn:
     worker = faust.Worker(
         app,
         loglevel="INFO",
@@ -61,16 +66,18 @@ def _run(app: faust.App) -> None:
         redirect_stdouts=False,
         logging_config=logging_config("INFO"),
     )
-    worker.execute_from_commandline()
-
-
-def settings_file(settings: Settings) -> Path:
-    """The settings as a YAML file, so child processes see exactly these (STREAMPROC_CONFIG)."""
-    with tempfile.NamedTemporaryFile(
-        "w", prefix="streamproc-", suffix=".yaml", delete=False
-    ) as handle:
-        yaml.safe_dump(settings.model_dump(mode="json"), handle)
-    return Path(handle.name)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    # Faust has stopped: what was acked is committed and nothing more will be. A thread still
+    # blocked on a hung service (a Weaviate write, a document read) holds only unacked work,
+    # so the process ends now instead of waiting for it at interpreter exit.
+    telemetry.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def worker_argv(role: str) -> list[str]:
@@ -83,13 +90,12 @@ def worker_subprocess(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`streamproc worker --role ROLE` with exactly these settings, stopped on exit."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    config = settings_file(settings)
     with log.open("ab") as out:
         proc = subprocess.Popen(
             worker_argv(role),
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {}), "STREAMPROC_CONFIG": str(config)},
+            env={**os.environ, **child_env(settings), **(env or {})},
         )
     try:
         yield proc
@@ -100,44 +106,117 @@ def worker_subprocess(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        config.unlink(missing_ok=True)
+
+
+@dataclass
+class _Child:
+    role: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    # Exit times of recent crashes, for the give-up rule and the backoff.
+    crashes: deque[float] = field(default_factory=deque)
+    restart_at: float | None = None
 
 
 def run_all(settings: Settings, roles: tuple[str, ...]) -> int:
-    """One child per role; SIGINT/SIGTERM are passed on; the first child to fail stops the rest."""
-    config = settings_file(settings)
-    env = {"STREAMPROC_CONFIG": str(config)}
+    """One child per role, supervised: a child that dies is logged with its exit status and
+    restarted alone after a backoff; the parent gives up (stopping the others) only when a
+    role crashed `policy.max_crashes` times within `policy.window_s`. SIGINT/SIGTERM are passed
+    on and end the supervision."""
+    policy = RestartPolicy(settings.worker.max_crashes, settings.worker.crash_window_s)
+    inherited = child_env(settings)
     port = settings.telemetry.prometheus_port
+    # Static group membership: a restarted child rejoins under the same instance id and gets
+    # its partitions back at once instead of after the dead member's session timeout. Unique
+    # per supervisor, so two supervisors on one host never fence each other.
+    instance = uuid.uuid4().hex[:12]
     children = [
-        subprocess.Popen(
-            worker_argv(role),
-            env={
+        _Child(
+            role,
+            {
                 **os.environ,
-                **env,
-                # One scrape endpoint per process: the roles share this host.
+                **inherited,
+                "STREAMPROC_WORKER__GROUP_INSTANCE_ID": f"{instance}-{role}",
+                # One scrape endpoint and one health endpoint per process: the roles share
+                # this host.
                 **({"STREAMPROC_TELEMETRY__PROMETHEUS_PORT": str(port + i)} if port else {}),
+                **(
+                    {"STREAMPROC_WORKER__HEALTH_PORT": str(health + i)}
+                    if (health := settings.worker.health_port)
+                    else {}
+                ),
             },
         )
         for i, role in enumerate(roles)
     ]
+    stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
         for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    try:
-        while True:
-            for child in children:
-                code = child.poll()
-                if code is not None:
-                    forward(signal.SIGTERM, None)
-                    for other in children:
-                        other.wait()
-                    return code
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                children[0].wait(timeout=0.5)
-    finally:
-        config.unlink(missing_ok=True)
+    for child in children:
+        child.proc = subprocess.Popen(worker_argv(child.role), env=child.env)
+    while not stopping:
+        for child in children:
+            code = _supervise(child, policy)
+            if code is not None:
+                forward(signal.SIGTERM, None)
+                _wait_all(children)
+                return code
+        time.sleep(0.2)
+    _wait_all(children)
+    return 0
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    max_crashes: int = 5
+    window_s: float = 300.0
+    first_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+
+    def backoff(self, recent_crashes: int) -> float:
+        return min(self.max_backoff_s, self.first_backoff_s * 2 ** max(0, recent_crashes - 1))
+
+
+def _supervise(child: _Child, policy: RestartPolicy) -> int | None:
+    """Restart `child` when it is due; returns an exit status when the parent must give up."""
+    now = time.monotonic()
+    if child.proc is None:
+        if child.restart_at is not None and now >= child.restart_at:
+            child.restart_at = None
+            child.proc = subprocess.Popen(worker_argv(child.role), env=child.env)
+            log.info("worker restarted", extra={"role": child.role, "pid": child.proc.pid})
+        return None
+    code = child.proc.poll()
+    if code is None:
+        return None
+    child.proc = None
+    while child.crashes and now - child.crashes[0] > policy.window_s:
+        child.crashes.popleft()
+    child.crashes.append(now)
+    why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+    if len(child.crashes) >= policy.max_crashes:
+        log.error(
+            "worker died too often, stopping",
+            extra={"role": child.role, "why": why, "crashes": len(child.crashes)},
+        )
+        return code if code > 0 else 128 - code
+    delay = policy.backoff(len(child.crashes))
+    log.error(
+        "worker died, restarting it",
+        extra={"role": child.role, "why": why, "restart_in_s": delay},
+    )
+    child.restart_at = now + delay
+    return None
+
+
+def _wait_all(children: list[_Child]) -> None:
+    for child in children:
+        if child.proc is not None:
+            child.proc.wait()

@@ -1,19 +1,23 @@
 """One typed settings object, built once from `STREAMPROC_*` variables and an optional YAML file.
 
 Nested fields use `__`: `STREAMPROC_KAFKA__BOOTSTRAP_SERVERS=broker:9092`.
-The file is named by `STREAMPROC_CONFIG`; environment variables win over it.
+The file is named by `STREAMPROC_CONFIG`; environment variables win over it. A worker child gets
+its parent's settings in `STREAMPROC_SETTINGS_JSON` (see `child_env`), between the two.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -23,6 +27,9 @@ from streamproc.errors import ConfigurationError
 from streamproc.naming import collection_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# A worker child's settings, secrets included: a process's environment is never on disk, and
+# only its own user (and root) can read it.
+CHILD_SETTINGS_ENV = "STREAMPROC_SETTINGS_JSON"
 
 
 def _default_cache_dir() -> Path:
@@ -35,6 +42,28 @@ class KafkaSettings(BaseModel):
     # Prepended to every topic name, so several environments can share one cluster.
     topic_prefix: str = ""
     client_id: str = "streamproc"
+    # Every client (workers, CLI, benchmarks, backfill readers) connects with these.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # PEM files. Without a CA file the system's trusted CAs verify the brokers.
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _sasl_has_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs STREAMPROC_KAFKA__SASL_USERNAME "
+                "and STREAMPROC_KAFKA__SASL_PASSWORD"
+            )
+        return self
 
 
 class WeaviateSettings(BaseModel):
@@ -44,7 +73,7 @@ class WeaviateSettings(BaseModel):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
     grpc_secure: bool = False
-    api_key: str | None = None
+    api_key: SecretStr | None = None
     # Serving alias; each model version gets the collection `{prefix}_{model_slug}_{version}`.
     collection_prefix: str = "Chunk"
 
@@ -116,6 +145,23 @@ class ChunkingSettings(BaseModel):
     max_chunks_per_document: int = 2000
 
 
+class SourceSettings(BaseModel):
+    """Where the chunker may read a document named by `content_uri`."""
+
+    # `file://` reads only regular files under these folders; none are allowed by default.
+    file_roots: list[Path] = Field(default_factory=list)
+    # `http(s)://` refuses loopback, private, link-local, multicast and reserved addresses
+    # unless this is true; cloud metadata addresses stay refused even then.
+    allow_private_hosts: bool = False
+    # Host names, addresses or networks (`10.1.0.0/16`) allowed whatever they resolve to.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # One deadline for the whole read: resolution, redirects, retries and the body.
+    http_timeout_s: float = Field(default=30.0, gt=0)
+    max_redirects: int = Field(default=5, ge=0)
+    # Attempts on a transient failure (connection error, timeout, HTTP 5xx or 429).
+    http_attempts: int = Field(default=3, ge=1)
+
+
 class EmbedderSettings(BaseModel):
     # Events taken from Kafka at once; their offsets commit together after every write.
     max_events: int = 256
@@ -173,6 +219,25 @@ class WorkerSettings(BaseModel):
     # Replication of the worker's own changelog topics (3 in production).
     internal_replication_factor: int = 1
     commit_interval_s: float = 1.0
+    # Kafka static membership (group.instance.id): a restarted process with the same id gets
+    # its partitions back without waiting for the session timeout. Must be unique per live
+    # process; `worker --role all` sets one per child.
+    group_instance_id: str | None = None
+    # On a rebalance, work already taken gets this long to finish (its writes confirmed, its
+    # offsets acked) before the process exits rather than let another member take the
+    # partitions while it may still write. The group waits for a member's rejoin up to the
+    # rebalance timeout (Faust's 60 s), so this stays well below it; a slow CPU batch fits.
+    rebalance_grace_s: float = Field(default=20.0, gt=0, le=45)
+    # `worker --role all` restarts a child that dies, with backoff, and gives up (exiting) when
+    # one role died this often within the window.
+    max_crashes: int = Field(default=5, ge=1)
+    crash_window_s: float = Field(default=300.0, gt=0)
+    # `/healthz` (liveness: unhealthy once work older than `stall_threshold_s` is neither
+    # finished nor being retried) and `/readyz`; off when no port is set. `worker --role all`
+    # gives the second role the next port.
+    health_port: int | None = None
+    health_host: str = "0.0.0.0"
+    stall_threshold_s: float = Field(default=120.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -186,6 +251,7 @@ class Settings(BaseSettings):
     weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
     local: LocalServicesSettings = Field(default_factory=LocalServicesSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    sources: SourceSettings = Field(default_factory=SourceSettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
@@ -261,6 +327,9 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        inherited = os.environ.get(CHILD_SETTINGS_ENV)
+        if inherited:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=json.loads(inherited)))
         config_file = os.environ.get("STREAMPROC_CONFIG")
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
@@ -268,4 +337,29 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
+    """The settings, or a ConfigurationError naming each bad field; never the values given,
+    which may be secrets."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+def _revealed(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _revealed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_revealed(v) for v in value]
+    return value
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment entry that gives a child process exactly these settings, secrets
+    revealed (a JSON dump masks them); the child's own `STREAMPROC_*` variables win over it."""
+    return {CHILD_SETTINGS_ENV: json.dumps(to_jsonable_python(_revealed(settings.model_dump())))}

@@ -119,6 +119,24 @@ meter.create_observable_gauge(
 )
 
 
+# Consumer group -> the age of the worker's oldest unfinished work (see streamproc.health).
+oldest_work: dict[str, Callable[[], float]] = {}
+
+
+def _observe_oldest_work(_options: CallbackOptions) -> Iterable[Observation]:
+    for group, age in list(oldest_work.items()):
+        yield Observation(age(), {"messaging.consumer.group.name": group})
+
+
+meter.create_observable_gauge(
+    "streamproc.work.oldest_age",
+    callbacks=[_observe_oldest_work],
+    unit="s",
+    description="Age of the oldest work taken from Kafka and not yet finished, or of a "
+    "partition left behind its high watermark without progress",
+)
+
+
 def setup(settings: TelemetrySettings, service: str) -> None:
     """Install the SDK for this process; a no-op when telemetry is off."""
     if not settings.enabled or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
@@ -250,3 +268,12 @@ def count(outcomes: Mapping[str, int], **attributes: str) -> None:
     for outcome, n in outcomes.items():
         if n:
             chunks_counter.add(n, {"outcome": outcome, **attributes})
+
+
+def shutdown() -> None:
+    """Flush and stop the SDK's exporters (what its exit hooks do, for a process that ends
+    with os._exit)."""
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+        stop = getattr(provider, "shutdown", None)
+        if stop is not None:
+            stop()

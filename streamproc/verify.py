@@ -1,17 +1,22 @@
-"""`streamproc verify`: does a collection hold exactly the live chunks of the chunk topic?"""
+"""`streamproc verify`: does a collection hold exactly the live chunks of the chunk topic, each
+in its live version?"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from uuid import UUID
 
+from streamproc.avro_codec import load_schemas
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import live_chunks
-from streamproc.naming import object_uuid
 from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore, connect
+
+# Chunk key -> text_sha256, per tenant.
+Hashes = Mapping[str, Mapping[str, str]]
+# Keys named in a report line: enough to look one up, never a flood.
+EXAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -19,45 +24,98 @@ class TenantReport:
     tenant: str
     expected: int
     actual: int
-    missing: list[str] = field(default_factory=list)  # chunk keys absent from the collection
-    unexpected: list[str] = field(default_factory=list)  # object UUIDs with no live chunk
+    missing: list[str] = field(default_factory=list)  # live chunk keys the collection lacks
+    unexpected: list[str] = field(default_factory=list)  # held chunk keys with no live chunk
+    stale: list[str] = field(default_factory=list)  # held with another text than the live one
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.unexpected and self.expected == self.actual
+        return not self.missing and not self.unexpected and not self.stale
+
+    def detail(self) -> str:
+        """Counts, then a few example keys of each kind of difference."""
+        text = (
+            f"{self.actual} objects, {self.expected} live chunks, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, {len(self.stale)} stale"
+        )
+        for name, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("stale", self.stale),
+        ):
+            if keys:
+                more = f" (+{len(keys) - EXAMPLES})" if len(keys) > EXAMPLES else ""
+                text += f"; {name} e.g. {', '.join(keys[:EXAMPLES])}{more}"
+        return text
 
 
-def expected_by_tenant(chunk_keys: Iterable[str]) -> dict[str, set[str]]:
-    by_tenant: dict[str, set[str]] = {}
-    for key in chunk_keys:
-        by_tenant.setdefault(key.split("/", 1)[0], set()).add(key)
+def live_hashes(
+    settings: Settings, tenants: Collection[str] | None = None
+) -> dict[str, dict[str, str]]:
+    """The chunk topic's live chunks as chunk key -> text_sha256 per tenant (only `tenants`,
+    when given)."""
+    codec = load_schemas(settings.schemas_dir).codec("ChunkRecord")
+    by_tenant: dict[str, dict[str, str]] = {}
+    for key, value in asyncio.run(live_chunks(settings)).items():
+        tenant = key.split("/", 1)[0]
+        if tenants is None or tenant in tenants:
+            by_tenant.setdefault(tenant, {})[key] = codec.decode(value)["text_sha256"]
     return by_tenant
 
 
-def compare(
-    expected: Mapping[str, set[str]], actual: Mapping[str, set[UUID]]
-) -> list[TenantReport]:
-    """Per tenant: live chunk keys against the UUIDs the collection holds."""
+def held_hashes(store: WeaviateStore, collection: str, tenant: str) -> dict[str, str]:
+    """Chunk key -> text_sha256 of every object of one tenant of `collection`."""
+    if tenant not in set(store.tenants(collection)):
+        return {}
+    return {
+        str(obj.properties["chunk_key"]): str(obj.properties["text_sha256"])
+        for obj in store.collection(collection, tenant).iterator(
+            return_properties=["chunk_key", "text_sha256"]
+        )
+    }
+
+
+def compare(expected: Hashes, actual: Hashes) -> list[TenantReport]:
+    """Per tenant: the live chunks against what the collection holds, by key and text hash."""
     reports = []
     for tenant in sorted(set(expected) | set(actual)):
-        keys = expected.get(tenant, set())
-        uuids = actual.get(tenant, set())
-        wanted = {object_uuid(k): k for k in keys}
+        want = expected.get(tenant, {})
+        have = actual.get(tenant, {})
         reports.append(
             TenantReport(
                 tenant=tenant,
-                expected=len(keys),
-                actual=len(uuids),
-                missing=sorted(k for u, k in wanted.items() if u not in uuids),
-                unexpected=sorted(str(u) for u in uuids if u not in wanted),
+                expected=len(want),
+                actual=len(have),
+                missing=sorted(want.keys() - have.keys()),
+                unexpected=sorted(have.keys() - want.keys()),
+                stale=sorted(k for k in want.keys() & have.keys() if want[k] != have[k]),
             )
         )
     return reports
 
 
+def compare_collection(
+    settings: Settings,
+    store: WeaviateStore,
+    collection: str,
+    tenant: str | None = None,
+    expected: Hashes | None = None,
+) -> list[TenantReport]:
+    """`collection` against the chunk topic (read now unless `expected` is given); only
+    `tenant` when given, every tenant otherwise."""
+    scope = None if tenant is None else {tenant}
+    if expected is None:
+        expected = live_hashes(settings, scope)
+    elif scope is not None:
+        expected = {t: keys for t, keys in expected.items() if t in scope}
+    tenants = set(expected) | set(store.tenants(collection))
+    if scope is not None:
+        tenants &= scope
+    actual = {t: held_hashes(store, collection, t) for t in tenants}
+    return compare({t: expected.get(t, {}) for t in tenants}, actual)
+
+
 def verify_collection(settings: Settings, collection: str | None) -> tuple[str, list[TenantReport]]:
-    live = asyncio.run(live_chunks(settings))
-    expected = expected_by_tenant(live)
     with connect(settings.weaviate) as client:
         store = WeaviateStore(client)
         name = collection or store.alias_target(settings.weaviate.collection_prefix)
@@ -65,6 +123,4 @@ def verify_collection(settings: Settings, collection: str | None) -> tuple[str, 
             raise StreamprocError(
                 f"alias {settings.weaviate.collection_prefix} does not exist; pass --collection"
             )
-        tenants = set(expected) | set(store.tenants(name))
-        actual = {t: store.uuids(name, t) for t in tenants}
-    return name, compare(expected, actual)
+        return name, compare_collection(settings, store, name)

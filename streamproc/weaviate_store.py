@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 from uuid import UUID
 
+import httpx
 import weaviate
 from weaviate.classes.config import Configure, DataType, Property, VectorDistances
 from weaviate.classes.query import Filter
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
 from weaviate.collections.classes.data import DataObject
-from weaviate.exceptions import WeaviateBaseError
+from weaviate.exceptions import (
+    AuthenticationFailedError,
+    InsufficientPermissionsError,
+    UnexpectedStatusCodeError,
+    WeaviateBaseError,
+    WeaviateConnectionError,
+    WeaviateDeleteManyError,
+    WeaviateGRPCUnavailableError,
+    WeaviateInsertManyAllFailedError,
+    WeaviateRetryError,
+    WeaviateStartUpError,
+    WeaviateTimeoutError,
+)
 
-from streamproc.errors import ConfigurationError, TransientError
+from streamproc.errors import (
+    CollectionMissingError,
+    ConfigurationError,
+    PermanentError,
+    StreamprocError,
+    TransientError,
+)
 from streamproc.naming import weaviate_tenant
 from streamproc.settings import WeaviateSettings
 
@@ -57,13 +78,130 @@ class ChunkObject:
 
 @dataclass(frozen=True)
 class WriteResult:
+    """Per object: done (written, or deleted), rejected for good, or rejected for now."""
+
     written: list[UUID]
+    # UUID -> Weaviate's message: retrying cannot help, the request goes to the DLQ.
     failed: dict[UUID, str]
+    # UUID -> Weaviate's message: a read-only shard, a timeout...; worth sending again later.
+    retry: dict[UUID, str] = field(default_factory=dict)
+
+
+class Verdict(Enum):
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    CONFIGURATION = "configuration"
+    COLLECTION_MISSING = "collection missing"
+
+
+# What a Weaviate client error means here: the one mapping, by exception type, gRPC status,
+# HTTP status, then message. gRPC UNKNOWN (Weaviate's answer to most failures) and DATA_LOSS
+# are left to the message.
+_BY_TYPE: tuple[tuple[type[BaseException], Verdict], ...] = (
+    (InsufficientPermissionsError, Verdict.CONFIGURATION),
+    (AuthenticationFailedError, Verdict.CONFIGURATION),
+    (WeaviateConnectionError, Verdict.TRANSIENT),
+    (WeaviateTimeoutError, Verdict.TRANSIENT),
+    (WeaviateRetryError, Verdict.TRANSIENT),
+    (WeaviateStartUpError, Verdict.TRANSIENT),
+    (WeaviateGRPCUnavailableError, Verdict.TRANSIENT),
+    # What the client lets through from httpx untranslated: a reset, a write or pool timeout.
+    (httpx.TransportError, Verdict.TRANSIENT),
+)
+_BY_GRPC_STATUS = {
+    "UNAVAILABLE": Verdict.TRANSIENT,
+    "DEADLINE_EXCEEDED": Verdict.TRANSIENT,
+    "RESOURCE_EXHAUSTED": Verdict.TRANSIENT,
+    "ABORTED": Verdict.TRANSIENT,
+    "INTERNAL": Verdict.TRANSIENT,
+    "CANCELLED": Verdict.TRANSIENT,
+    "INVALID_ARGUMENT": Verdict.PERMANENT,
+    "NOT_FOUND": Verdict.PERMANENT,
+    "ALREADY_EXISTS": Verdict.PERMANENT,
+    "FAILED_PRECONDITION": Verdict.PERMANENT,
+    "OUT_OF_RANGE": Verdict.PERMANENT,
+    "UNIMPLEMENTED": Verdict.PERMANENT,
+    "UNAUTHENTICATED": Verdict.CONFIGURATION,
+    "PERMISSION_DENIED": Verdict.CONFIGURATION,
+}
+# Weaviate 1.38 says so as "class 'X' not present in schema" (insert), "could not find class X
+# in schema" (delete, query) and "class not found" (tenants).
+_COLLECTION_MISSING = re.compile(r"not present in schema|could not find class|class not found")
+_TRANSIENT_MESSAGE = re.compile(
+    r"read-only|read only|readonly|deadline exceeded|timeout|timed out|connection|unavailable"
+    r"|too many requests|not ready|leader|shutting down|context canceled|resource exhausted"
+)
+# Weaviate ends a validation message with the value it refused ("..., the given value is
+# '...'"): document data must not decide the verdict.
+_REFUSED_VALUE = re.compile(r"the given value.*", re.DOTALL)
+_REFUSED_VALUE_ANY_CASE = re.compile(r"the given value.*", re.DOTALL | re.IGNORECASE)
+
+
+def message_verdict(message: str) -> Verdict | None:
+    """The verdict a Weaviate message implies, if it implies one."""
+    plain = _REFUSED_VALUE.sub("", message.lower())
+    if _COLLECTION_MISSING.search(plain):
+        return Verdict.COLLECTION_MISSING
+    if _TRANSIENT_MESSAGE.search(plain):
+        return Verdict.TRANSIENT
+    return None
+
+
+def error_verdict(exc: BaseException) -> Verdict | None:
+    """The verdict on a Weaviate client error; None when nothing says (the process ends)."""
+    if message_verdict(str(exc)) is Verdict.COLLECTION_MISSING:
+        return Verdict.COLLECTION_MISSING
+    for kind, verdict in _BY_TYPE:
+        if isinstance(exc, kind):
+            return verdict
+    status = _grpc_status(exc)
+    if status in _BY_GRPC_STATUS:
+        return _BY_GRPC_STATUS[status]
+    if status is None and isinstance(exc, UnexpectedStatusCodeError):
+        return _http_verdict(exc.status_code)
+    return message_verdict(str(exc))
+
+
+def _http_verdict(status: int) -> Verdict | None:
+    if status in (401, 403):
+        return Verdict.CONFIGURATION
+    if status in (408, 429) or (status >= 500 and status != 501):
+        return Verdict.TRANSIENT
+    if 400 <= status < 500 or status == 501:
+        return Verdict.PERMANENT
+    return None
+
+
+def _grpc_status(exc: BaseException) -> str | None:
+    """The status name of the gRPC call behind `exc`: the client wraps it, as cause or context."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        code = getattr(seen, "code", None)
+        if type(seen).__module__.startswith("grpc") and callable(code):
+            return str(getattr(code(), "name", "")) or None
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def mapped_error(exc: BaseException, collection: str) -> StreamprocError | None:
+    verdict = error_verdict(exc)
+    detail = f"{type(exc).__name__}: {exc}"
+    if verdict is Verdict.COLLECTION_MISSING:
+        return CollectionMissingError(collection)
+    if verdict is Verdict.TRANSIENT:
+        return TransientError(detail)
+    if verdict is Verdict.PERMANENT:
+        return PermanentError(detail, reason="weaviate")
+    if verdict is Verdict.CONFIGURATION:
+        return ConfigurationError(f"Weaviate refused access to {collection}: {detail}")
+    return None
 
 
 @contextmanager
 def connect(settings: WeaviateSettings) -> Iterator[weaviate.WeaviateClient]:
-    auth = weaviate.auth.AuthApiKey(settings.api_key) if settings.api_key else None
+    auth = (
+        weaviate.auth.AuthApiKey(settings.api_key.get_secret_value()) if settings.api_key else None
+    )
     try:
         client = weaviate.connect_to_custom(
             http_host=settings.http_host,
@@ -80,11 +218,23 @@ def connect(settings: WeaviateSettings) -> Iterator[weaviate.WeaviateClient]:
             client.close()
             raise TransientError(f"Weaviate at {settings.http_url} is not ready")
     except WeaviateBaseError as exc:
+        # Connecting reads the server's metadata, which needs the key: a refused key shows here.
+        if isinstance(exc, UnexpectedStatusCodeError) and exc.status_code in (401, 403):
+            raise _refused_key(settings, exc.status_code) from None
         raise TransientError(f"cannot connect to Weaviate at {settings.http_url}: {exc}") from exc
     try:
         yield client
     finally:
         client.close()
+
+
+def _refused_key(settings: WeaviateSettings, status: int) -> ConfigurationError:
+    problem = (
+        "refused the API key in STREAMPROC_WEAVIATE__API_KEY"
+        if settings.api_key
+        else "needs an API key: set STREAMPROC_WEAVIATE__API_KEY"
+    )
+    return ConfigurationError(f"Weaviate at {settings.http_url} {problem} (HTTP {status})")
 
 
 class WeaviateStore:
@@ -143,6 +293,23 @@ class WeaviateStore:
                     return len(vector)
         return None
 
+    @contextmanager
+    def _edge(self, name: str) -> Iterator[None]:
+        """Client errors on the data path raised as streamproc's (`mapped_error`); one that
+        nothing classifies is raised as it is."""
+        try:
+            try:
+                yield
+            except (WeaviateBaseError, httpx.TransportError) as exc:
+                error = mapped_error(exc, name)
+                if error is None:
+                    raise
+                raise error from exc
+        except CollectionMissingError:
+            # A collection made again under the same name starts without tenants.
+            self._known_tenants.pop(name, None)
+            raise
+
     def ensure_tenants(self, name: str, tenants: set[str]) -> None:
         known = self._known_tenants.setdefault(name, set())
         missing = {weaviate_tenant(t) for t in tenants} - known
@@ -156,47 +323,54 @@ class WeaviateStore:
         known.update(missing)
 
     def upsert(self, name: str, objects: Sequence[ChunkObject]) -> WriteResult:
-        """Batch upsert; every object's result is checked, failures are returned, not dropped."""
-        collection = self.client.collections.get(name)
-        self.ensure_tenants(name, {o.tenant for o in objects})
-        written: list[UUID] = []
-        failed: dict[UUID, str] = {}
-        for tenant, group in _by_tenant(objects).items():
-            result = collection.with_tenant(weaviate_tenant(tenant)).data.insert_many(
-                [
-                    DataObject(properties=o.properties, uuid=o.uuid, vector=dict(o.vectors))
-                    for o in group
-                ]
-            )
-            for index, obj in enumerate(group):
-                error = result.errors.get(index)
-                if error is None:
-                    written.append(obj.uuid)
-                else:
-                    failed[obj.uuid] = error.message
-        return WriteResult(written, failed)
+        """Batch upsert; every object's result is checked and classified, none is dropped."""
+        errors: dict[UUID, str] = {}
+        with self._edge(name):
+            collection = self.client.collections.get(name)
+            self.ensure_tenants(name, {o.tenant for o in objects})
+            for tenant, group in _by_tenant(objects).items():
+                errors.update(_insert(collection.with_tenant(weaviate_tenant(tenant)), group))
+            return _sorted(name, [o.uuid for o in objects], errors)
 
-    def delete(self, name: str, tenant: str, uuids: Sequence[UUID]) -> None:
+    def delete(self, name: str, tenant: str, uuids: Sequence[UUID]) -> WriteResult:
+        """Delete by id; `written` holds the ids that are gone, absent ones included."""
         if not uuids:
-            return
-        collection = self.client.collections.get(name)
-        if weaviate_tenant(tenant) not in set(collection.tenants.get()):
-            return
-        scoped = collection.with_tenant(weaviate_tenant(tenant))
-        scoped.data.delete_many(where=Filter.by_id().contains_any(list(uuids)))
+            return WriteResult([], {})
+        with self._edge(name):
+            collection = self.client.collections.get(name)
+            if weaviate_tenant(tenant) not in set(collection.tenants.get()):
+                return WriteResult(list(uuids), {})
+            try:
+                outcome = collection.with_tenant(weaviate_tenant(tenant)).data.delete_many(
+                    where=Filter.by_id().contains_any(list(uuids)), verbose=True
+                )
+            except WeaviateDeleteManyError as exc:
+                if "batch delete reply" not in str(exc):
+                    raise
+                # Weaviate (1.38) cannot build the verbose reply when the shard as a whole
+                # refused (read-only, say): its error names no object. Nothing is known to be
+                # deleted, and deleting again is harmless.
+                return WriteResult([], {}, dict.fromkeys(uuids, f"shard refused: {exc}"))
+            errors = {
+                UUID(str(o.uuid)): o.error or "delete failed"
+                for o in outcome.objects
+                if not o.successful
+            }
+            return _sorted(name, uuids, errors)
 
     def held(self, name: str, tenant: str, uuids: Sequence[UUID]) -> dict[UUID, tuple[Any, str]]:
         """(ingested_at, text_sha256) of those of `uuids` the collection holds."""
         if not uuids:
             return {}
-        collection = self.client.collections.get(name)
-        if weaviate_tenant(tenant) not in set(collection.tenants.get()):
-            return {}
-        result = collection.with_tenant(weaviate_tenant(tenant)).query.fetch_objects(
-            filters=Filter.by_id().contains_any(list(uuids)),
-            limit=len(uuids),
-            return_properties=["ingested_at", "text_sha256"],
-        )
+        with self._edge(name):
+            collection = self.client.collections.get(name)
+            if weaviate_tenant(tenant) not in set(collection.tenants.get()):
+                return {}
+            result = collection.with_tenant(weaviate_tenant(tenant)).query.fetch_objects(
+                filters=Filter.by_id().contains_any(list(uuids)),
+                limit=len(uuids),
+                return_properties=["ingested_at", "text_sha256"],
+            )
         return {
             o.uuid: (o.properties["ingested_at"], str(o.properties["text_sha256"]))
             for o in result.objects
@@ -243,6 +417,50 @@ class WeaviateStore:
         elif previous != collection:
             self.client.alias.update(alias_name=alias, new_target_collection=collection)
         return previous
+
+
+def _insert(collection: Collection[Any, Any], group: list[ChunkObject]) -> dict[UUID, str]:
+    """UUID -> message of each object Weaviate rejected."""
+    try:
+        result = collection.data.insert_many(
+            [
+                DataObject(properties=o.properties, uuid=o.uuid, vector=dict(o.vectors))
+                for o in group
+            ]
+        )
+    except WeaviateInsertManyAllFailedError as exc:
+        # Every object was rejected, and the client keeps only the set of messages, not whose
+        # each is: one that implies a verdict (a rejection for now) decides for the lot.
+        messages = str(exc).partition("Here is the set of all errors: ")[2].splitlines()
+        decisive = [m for m in messages if message_verdict(m) is not None]
+        message = decisive[0] if decisive else "; ".join(messages) or str(exc)
+        return dict.fromkeys((o.uuid for o in group), message)
+    return {group[index].uuid: error.message for index, error in result.errors.items()}
+
+
+def _sorted(name: str, uuids: Sequence[UUID], errors: dict[UUID, str]) -> WriteResult:
+    """Per-object outcomes by verdict; a message that implies none is a rejection for good."""
+    written: list[UUID] = []
+    failed: dict[UUID, str] = {}
+    retry: dict[UUID, str] = {}
+    for uuid in uuids:
+        message = errors.get(uuid)
+        verdict = None if message is None else message_verdict(message)
+        if message is None:
+            written.append(uuid)
+        elif verdict is Verdict.COLLECTION_MISSING:
+            raise CollectionMissingError(name)
+        elif verdict is Verdict.TRANSIENT:
+            retry[uuid] = _redacted(message)
+        else:
+            failed[uuid] = _redacted(message)
+    return WriteResult(written, failed, retry)
+
+
+def _redacted(message: str) -> str:
+    """The message without the value Weaviate quotes back: these messages travel on to logs,
+    spans and dead-letter headers, which never carry document data."""
+    return _REFUSED_VALUE_ANY_CASE.sub("the given value is <redacted>", message)
 
 
 def _by_tenant(objects: Sequence[ChunkObject]) -> dict[str, list[ChunkObject]]:

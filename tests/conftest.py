@@ -37,7 +37,7 @@ def service_settings() -> Iterator[Settings]:
 
 def with_topics(settings: Settings) -> Settings:
     specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
-    asyncio.run(reconcile(settings.kafka.bootstrap_servers, specs, apply=True))
+    asyncio.run(reconcile(settings, specs, apply=True))
     return settings
 
 

@@ -5,24 +5,61 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+import httpx
 
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
-from streamproc.kafka_io import decode_value, partitions_of, producer
-from streamproc.runner import settings_file, worker_argv
-from streamproc.settings import REPO_ROOT, Settings
+from streamproc.kafka_io import (
+    admin_client,
+    consumer_client,
+    decode_value,
+    live_chunks,
+    partitions_of,
+    producer,
+    read_to_end,
+)
+from streamproc.models import load_model
+from streamproc.runner import worker_argv
+from streamproc.search import search_alias
+from streamproc.settings import REPO_ROOT, Settings, child_env
+from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
 from streamproc.workers import splitter_for
 
 CORPUS = REPO_ROOT / "corpus" / "docs"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` consecutive ports nothing listens on now, for a second local service beside the
+    tests' own (other sessions on this machine use fixed ports with their own offsets);
+    consecutive because Weaviate finds a node's data and raft RPC ports one above the others."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return list(range(base, base + count))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise AssertionError(f"no {count} consecutive free ports found")
 
 
 def expected_chunks(settings: Settings, text: str, content_type: str) -> list[tuple[str, str]]:
@@ -45,10 +82,17 @@ def event(tenant: str, doc_id: str, content: str | None = None, **fields: Any) -
     }
 
 
-async def _produce(settings: Settings, items: list[tuple[bytes, bytes]], topic: str) -> None:
+Item = tuple[bytes, bytes] | tuple[bytes, bytes, list[tuple[str, bytes]]]
+
+
+async def _produce(settings: Settings, items: Sequence[Item], topic: str) -> None:
     async with producer(settings) as prod:
-        for key, value in items:
-            await (await prod.send(settings.topic(topic), value, key=key))
+        for key, value, *headers in items:
+            await (
+                await prod.send(
+                    settings.topic(topic), value, key=key, headers=headers[0] if headers else None
+                )
+            )
 
 
 def produce_events(settings: Settings, events: list[dict[str, Any]]) -> None:
@@ -60,9 +104,7 @@ def produce_events(settings: Settings, events: list[dict[str, Any]]) -> None:
     asyncio.run(_produce(settings, items, "chunk-requested"))
 
 
-def produce_raw(
-    settings: Settings, items: list[tuple[bytes, bytes]], topic: str = "chunk-requested"
-) -> None:
+def produce_raw(settings: Settings, items: Sequence[Item], topic: str = "chunk-requested") -> None:
     asyncio.run(_produce(settings, items, topic))
 
 
@@ -73,9 +115,9 @@ def collect(
 
     async def run() -> list[Any]:
         schemas = load_schemas(settings.schemas_dir)
-        consumer = AIOKafkaConsumer(
+        consumer = consumer_client(
+            settings,
             settings.topic(topic),
-            bootstrap_servers=settings.kafka.bootstrap_servers,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
         )
@@ -108,7 +150,6 @@ class Workers:
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.settings = settings
-        self.config = settings_file(settings)
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -118,7 +159,7 @@ class Workers:
             worker_argv(role),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {}), "STREAMPROC_CONFIG": str(self.config)},
+            env={**os.environ, **child_env(self.settings), **(env or {})},
         )
         self.procs[role] = proc
         return proc
@@ -138,7 +179,6 @@ class Workers:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
-        self.config.unlink(missing_ok=True)
 
     def log(self, role: str) -> str:
         return (self.log_dir / f"{role}.log").read_text(errors="replace")
@@ -162,10 +202,9 @@ def drained(settings: Settings, timeout: float = 180.0) -> None:
 
     async def lag() -> int:
         from aiokafka import TopicPartition
-        from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+        admin = admin_client(settings)
+        consumer = consumer_client(settings)
         await admin.start()
         await consumer.start()
         try:
@@ -203,3 +242,124 @@ def corpus_events(tenant: str, suffix: str = "") -> list[dict[str, Any]]:
         )
         for path in sorted(CORPUS.iterdir())
     ]
+
+
+def exact(settings: Settings, collection: str) -> dict[str, list[str]]:
+    """The collection against the chunk topic, by key set and content hash, per tenant:
+    `missing` live chunks, `stale` ones held with another text, `extra` objects with no live
+    chunk. All three empty means exact."""
+    codec = load_schemas(settings.schemas_dir).codec("ChunkRecord")
+    live = {
+        key: codec.decode(value)["text_sha256"]
+        for key, value in asyncio.run(live_chunks(settings)).items()
+    }
+    held: dict[str, str] = {}
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        for tenant in store.tenants(collection):
+            for obj in store.collection(collection, tenant).iterator(
+                return_properties=["chunk_key", "text_sha256"]
+            ):
+                held[str(obj.properties["chunk_key"])] = str(obj.properties["text_sha256"])
+    return {
+        "missing": sorted(live.keys() - held.keys()),
+        "stale": sorted(k for k in live.keys() & held.keys() if live[k] != held[k]),
+        "extra": sorted(held.keys() - live.keys()),
+    }
+
+
+def embed_done_keys(settings: Settings, collection: str, expected: set[str]) -> set[str]:
+    """Chunk keys with an EMBEDDED record for `collection` on embed-done, read until every key
+    of `expected` has one (or the timeout of `collect`)."""
+    seen: set[str] = set()
+
+    def covered(values: list[Any]) -> bool:
+        seen.update(
+            v["chunk_key"]
+            for _, v in values
+            if isinstance(v, dict)
+            and v.get("status") == "EMBEDDED"
+            and v.get("collection") == collection
+        )
+        return expected <= seen
+
+    collect(settings, "embed-done", covered)
+    return seen
+
+
+def records_to_end(settings: Settings, topic: str) -> list[Any]:
+    """Every record of `topic` (prefixed by the settings) up to its end, as `collect` gives them."""
+
+    async def run() -> list[Any]:
+        schemas = load_schemas(settings.schemas_dir)
+        return [
+            (r, decode_value(schemas, r.value))
+            async for r in read_to_end(settings, settings.topic(topic))
+        ]
+
+    return asyncio.run(run())
+
+
+_CLI_HIT = re.compile(r"^\s*\d+\.\s+\S+\s+(\S+#\d+)\s", re.MULTILINE)
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`streamproc ARGS` in a child process that gets exactly these settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamproc", *args],
+        env={**os.environ, **child_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def graphql(settings: Settings, query: str) -> dict[str, Any]:
+    key = settings.weaviate.api_key
+    response = httpx.post(
+        f"{settings.weaviate.http_url}/v1/graphql",
+        json={"query": query},
+        headers={"Authorization": f"Bearer {key.get_secret_value()}"} if key else {},
+        timeout=60,
+    )
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def assert_tenants_isolated(settings: Settings, tenants: Sequence[str], query: str) -> None:
+    """A search in each tenant finds only that tenant's chunks, through `search_alias`, through
+    `streamproc search` and through GraphQL on the collection the alias serves (a vector search
+    with that tenant); GraphQL without a tenant is refused."""
+    limit = 50
+    collection = None
+    for tenant in tenants:
+        result = search_alias(settings, query, tenant, limit)
+        collection = result.collection
+        assert result.hits, f"no hit in tenant {tenant}"
+        assert [h.chunk_key for h in result.hits if not h.chunk_key.startswith(f"{tenant}/")] == []
+
+        searched = cli(settings, "search", query, "--tenant", tenant, "--limit", str(limit))
+        assert searched.returncode == 0, searched.stderr[-3000:]
+        assert f"-> {collection}" in searched.stdout
+        assert set(_CLI_HIT.findall(searched.stdout)) == {
+            f"{h.doc_id}#{h.chunk_index}" for h in result.hits
+        }
+
+        spec = settings.model_for_collection(collection)
+        vector = load_model(spec, settings.embedder.device).encode([query])[0].tolist()
+        found = graphql(
+            settings,
+            f'{{ Get {{ {collection}(tenant: "{tenant}", limit: {limit}, nearVector: '
+            f'{{vector: {vector}, targetVectors: ["{CONTENT_VECTOR}"]}}) {{ chunk_key tenant }} }} }}',
+        )
+        assert "errors" not in found, found["errors"]
+        objects = found["data"]["Get"][collection]
+        assert objects, f"GraphQL found nothing in tenant {tenant}"
+        assert [
+            o
+            for o in objects
+            if o["tenant"] != tenant or not o["chunk_key"].startswith(f"{tenant}/")
+        ] == []
+    untenanted = graphql(settings, f"{{ Get {{ {collection}(limit: 5) {{ chunk_key }} }} }}")
+    assert untenanted.get("errors"), untenanted

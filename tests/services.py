@@ -28,7 +28,12 @@ TEST_PORTS = {
 
 
 def local_settings(profile: str = "test", ports: dict[str, int] | None = None) -> Settings:
-    p = ports or TEST_PORTS
+    if ports is None:
+        # Two sessions at once (two checkouts on one machine) each set their own offset.
+        offset = int(os.environ.get("STREAMPROC_TEST_PORT_OFFSET", "0"))
+        ports = {name: port + offset for name, port in TEST_PORTS.items()}
+        profile = f"{profile}{offset}" if offset else profile
+    p = ports
     return Settings(
         kafka={"bootstrap_servers": f"127.0.0.1:{p['kafka']}"},
         weaviate=WeaviateSettings(http_port=p["weaviate_http"], grpc_port=p["weaviate_grpc"]),
@@ -49,13 +54,12 @@ def _local() -> Iterator[Settings]:
 
     settings = local_settings()
     services = LocalServices(settings)
-    was_running = all(s.pid and s.ready for s in services.status())
-    services.up()
+    # Every session starts cold: empty data directories, as on a fresh machine and in CI.
+    services.up(fresh=True)
     try:
         yield settings
     finally:
-        if not was_running:
-            services.down()
+        services.down()
 
 
 @contextmanager

@@ -10,13 +10,14 @@ import asyncio
 from dataclasses import dataclass
 
 from streamproc.avro_codec import load_schemas
-from streamproc.backfill.commands import read_jobs, send_retire, wait_for
-from streamproc.backfill.jobs import now, writes_collection
+from streamproc.backfill.commands import read_jobs, send_retire, wait_for, wait_for_retire_acks
+from streamproc.backfill.jobs import live_writer, now, writes_collection
 from streamproc.backfill.verification import Verification, verify_collection_for_flip
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import producer, read_to_end
 from streamproc.models import EmbeddingModel
 from streamproc.settings import Settings
+from streamproc.verify import TenantReport, compare_collection, live_hashes
 from streamproc.weaviate_store import WeaviateStore, connect
 
 CHANGES_TOPIC = "alias-changes"
@@ -113,12 +114,27 @@ class CollectionInfo:
     objects: int
     served: bool
     live_writes: str  # who keeps it fresh: "configured", "backfill job <id> (<state>)", or "-"
+    # Whether it holds the chunk topic's live chunks (key set and text hashes, in the writing
+    # job's tenant scope): "fresh", "STALE (...)", "replaying" while a job fills it, or "-"
+    # when nothing writes it (it is not expected to be fresh).
+    freshness: str
+
+
+def freshness(reports: list[TenantReport]) -> str:
+    stale = [r for r in reports if not r.ok]
+    if not stale:
+        return "fresh"
+    return "STALE (" + "; ".join(f"{r.tenant}: {r.detail()}" for r in stale) + ")"
 
 
 def list_collections(settings: Settings) -> list[CollectionInfo]:
+    """Every collection, and for each one that something must keep fresh (the configured
+    ones, a completed job's), whether it is: a worker that cannot write it shows up here as
+    STALE, whatever it logged."""
     alias = settings.weaviate.collection_prefix
     jobs = asyncio.run(read_jobs(settings))
     configured = {settings.collection_for(s) for s in settings.target_models}
+    expected = live_hashes(settings)
     infos = []
     with connect(settings.weaviate) as client:
         store = WeaviateStore(client)
@@ -130,17 +146,25 @@ def list_collections(settings: Settings) -> list[CollectionInfo]:
             except StreamprocError:
                 model = "unregistered"
             writers = [j for j in jobs.values() if writes_collection(j, name)]
-            live = (
-                "configured"
-                if name in configured
-                else (
-                    f"backfill job {writers[-1]['job_id']} ({writers[-1]['state']})"
-                    if writers
-                    else "-"
-                )
-            )
+            writer = live_writer(jobs.values(), name)
+            if name in configured:
+                live, scope = "configured", None
+            elif writers:
+                job = writer or writers[-1]
+                live = f"backfill job {job['job_id']} ({job['state']})"
+                scope = job["tenant"]
+                if scope:
+                    live += f" tenant {scope}"
+            else:
+                live, scope = "-", None
+            if live == "-":
+                fresh = "-"
+            elif name not in configured and (writer is None or writer["state"] != "COMPLETED"):
+                fresh = "replaying" if writer is not None else "pending"
+            else:
+                fresh = freshness(compare_collection(settings, store, name, scope, expected))
             objects = sum(store.count(name, t) for t in store.tenants(name))
-            infos.append(CollectionInfo(name, model, objects, name == serving, live))
+            infos.append(CollectionInfo(name, model, objects, name == serving, live, fresh))
     return infos
 
 
@@ -161,10 +185,13 @@ def retire(settings: Settings, name: str, timeout_s: float = 60.0) -> None:
             f"the embedders are configured to write {name} (active_model / "
             "embedder.target_models); change that setting and restart them first"
         )
-    writers = [j for j in asyncio.run(read_jobs(settings)).values() if writes_collection(j, name)]
+    jobs = [j for j in asyncio.run(read_jobs(settings)).values() if j["target_collection"] == name]
     send_retire(settings, name)
-    for job in writers:
-        # Once the job table says retired, no live batch starts writing it any more.
+    for job in jobs:
+        # Once the job table says retired, no live batch resolves it as a target any more.
         wait_for(settings, str(job["job_id"]), lambda j: bool(j["retired"]), timeout_s)
+    if jobs:
+        # Batches that resolved it before, and the job's replay, may still be writing it.
+        wait_for_retire_acks(settings, name, {str(j["job_id"]) for j in jobs}, timeout_s)
     with connect(settings.weaviate) as client:
         WeaviateStore(client).drop(name)

@@ -16,7 +16,7 @@ from streamproc.avro_codec import load_schemas
 from streamproc.backfill.jobs import TERMINAL, Job, conflicting_job, new_job, now
 from streamproc.backfill.view import JobsView
 from streamproc.errors import StreamprocError
-from streamproc.kafka_io import producer, read_to_end
+from streamproc.kafka_io import admin_client, producer, read_to_end
 from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore, connect
 
@@ -118,6 +118,67 @@ def send_retire(settings: Settings, collection: str) -> None:
             },
         )
     )
+
+
+async def retire_acks(settings: Settings, collection: str) -> dict[str, set[str]]:
+    """Member id -> the retired jobs of `collection` it acknowledged (all its acks together)."""
+    codec = load_schemas(settings.schemas_dir).codec("BackfillCommand")
+    acks: dict[str, set[str]] = {}
+    for _, value in await _records(settings, settings.topic(COMMANDS_TOPIC)):
+        command = codec.decode(value) if value is not None else None
+        if command and command["acked_by"] and command["target_collection"] == collection:
+            acks.setdefault(command["acked_by"], set()).update(command["acked_jobs"])
+    return acks
+
+
+async def embedder_members(settings: Settings) -> tuple[str, set[str]]:
+    """The embedder group's state and the member ids in it."""
+    group = f"{settings.worker.app_id}-embedder"
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    for response in responses:
+        for error_code, group_id, state, _type, _protocol, members, *_ in response.groups:
+            if group_id != group:
+                continue
+            if error_code:
+                return f"error {error_code}", set()
+            return str(state), {str(m[0]) for m in members}
+    return "Dead", set()
+
+
+def wait_for_retire_acks(
+    settings: Settings, collection: str, job_ids: set[str], timeout_s: float
+) -> None:
+    """Until every member of the embedder group has acknowledged that it no longer writes
+    `collection` for any of `job_ids`: then nothing can write it any more. A member that
+    joins later reads the job table before its first write and never writes it."""
+    asyncio.run(_wait_for_retire_acks(settings, collection, job_ids, timeout_s))
+
+
+async def _wait_for_retire_acks(
+    settings: Settings, collection: str, job_ids: set[str], timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # Mid-rebalance the member list is not final: a member leaving may still be writing.
+        state, members = await embedder_members(settings)
+        acks = await retire_acks(settings, collection)
+        waiting = sorted(m for m in members if not job_ids <= acks.get(m, set()))
+        if state in ("Stable", "Empty", "Dead") and not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise StreamprocError(
+                f"{collection} was not dropped: after {timeout_s:.0f}s the embedder group is "
+                f"{state} and {len(waiting)} member(s) have not acknowledged the retire "
+                f"({', '.join(waiting) or 'none'}), so they may still write it. Live writes to "
+                f"it stop where acknowledged; run `streamproc collections retire {collection}` "
+                "again once the embedders are healthy"
+            )
+        await asyncio.sleep(0.5)
 
 
 def wait_for(

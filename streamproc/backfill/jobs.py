@@ -3,12 +3,13 @@ jobs run next, which collections live traffic must also write, progress and its 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 Job = dict[str, Any]
+R = TypeVar("R", bound=Mapping[str, Any])
 
 PRIORITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
@@ -87,10 +88,51 @@ def jobs_to_start(jobs: Iterable[Job], running: int, limit: int) -> list[Job]:
 
 def live_write_collections(jobs: Iterable[Job]) -> dict[str, str]:
     """Collection -> model name, for every job whose collection live traffic must also write."""
+    return {c: name for c, (name, _) in live_write_scopes(jobs).items()}
+
+
+def live_write_scopes(jobs: Iterable[Job]) -> dict[str, tuple[str, str | None]]:
+    """Collection -> (model name, tenant or None for all tenants), for every job whose
+    collection live traffic must also write: a tenant-scoped job's collection gets only that
+    tenant's chunks, as its replay does."""
     return {
-        j["target_collection"]: j["model_name"]
+        j["target_collection"]: (j["model_name"], j["tenant"])
         for j in jobs
         if j["state"] in LIVE_WRITE_STATES and not j["retired"]
+    }
+
+
+def scoped(requests: Sequence[R], tenant: str | None) -> tuple[list[int], list[R]]:
+    """The requests a target scoped to `tenant` (None: every tenant) gets, with their indices
+    in `requests`, so that results about them map back."""
+    indices = [i for i, r in enumerate(requests) if tenant is None or r["tenant"] == tenant]
+    return indices, [requests[i] for i in indices]
+
+
+def live_writer(jobs: Iterable[Job], collection: str) -> Job | None:
+    """The newest job that has live traffic write `collection` now."""
+    writers = [
+        j
+        for j in jobs
+        if j["target_collection"] == collection
+        and j["state"] in LIVE_WRITE_STATES
+        and not j["retired"]
+    ]
+    return max(writers, key=lambda j: j["created_at"], default=None)
+
+
+def retired_collections(jobs: Iterable[Job]) -> dict[str, frozenset[str]]:
+    """Collection -> ids of its retired jobs, for every collection some job retired and no
+    job writes any more: what an embedder must stop writing and acknowledge before the drop."""
+    jobs = list(jobs)
+    retired: dict[str, set[str]] = {}
+    for job in jobs:
+        if job["retired"]:
+            retired.setdefault(job["target_collection"], set()).add(job["job_id"])
+    return {
+        c: frozenset(ids)
+        for c, ids in retired.items()
+        if not any(writes_collection(j, c) for j in jobs)
     }
 
 

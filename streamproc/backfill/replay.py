@@ -72,6 +72,7 @@ def as_request(key: str, value: Mapping[str, Any] | None, at: datetime) -> dict[
             "doc_id": value["doc_id"],
             "chunk": value,
             "ingested_at": value["ingested_at"],
+            "if_changed": False,
         }
     tenant, doc_id = split_chunk_key(key)
     return {
@@ -81,6 +82,7 @@ def as_request(key: str, value: Mapping[str, Any] | None, at: datetime) -> dict[
         "doc_id": doc_id,
         "chunk": None,
         "ingested_at": at,
+        "if_changed": False,
     }
 
 
@@ -88,18 +90,29 @@ def pass_size(starts: Mapping[str, int], ends: Mapping[str, int]) -> int:
     return sum(max(0, ends[p] - starts.get(p, 0)) for p in ends)
 
 
-def finished(
+class After(Enum):
+    """What follows a pass that reached its watermarks."""
+
+    COMPLETE = "complete"
+    CATCH_UP = "catch up"  # another pass over what arrived meanwhile
+    OUTRUN = "outrun"  # the pass budget is spent and the last pass still had to write
+
+
+def after_pass(
     pass_number: int,
     pass_writes: int,
     watermarks: Mapping[str, int],
     ends: Mapping[str, int],
     max_passes: int,
-) -> bool:
-    """After a pass reached its watermarks, with `ends` the topic's end offsets now: done when
-    nothing arrived since, or a catch-up pass had nothing to write (the live path kept up), or
-    the pass budget is spent (verification still guards the flip)."""
+) -> After:
+    """After a pass reached its watermarks, with `ends` the topic's end offsets now: complete
+    when nothing arrived since, or a catch-up pass had nothing to write (the live path kept
+    up, so the collection holds every key's last record; a pass that wrote nothing cannot have
+    brought back a chunk deleted meanwhile). A pass that wrote may have written a record a
+    tombstone after its watermark deletes, so completing then could leave a deleted chunk
+    in the collection: past the budget that is a failure, never a silent completion."""
     if all(ends.get(p, 0) <= watermarks.get(p, 0) for p in ends):
-        return True
+        return After.COMPLETE
     if pass_number >= 1 and pass_writes == 0:
-        return True
-    return pass_number >= max_passes
+        return After.COMPLETE
+    return After.OUTRUN if pass_number >= max_passes else After.CATCH_UP

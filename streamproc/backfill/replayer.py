@@ -26,8 +26,13 @@ from streamproc.avro_codec import load_schemas
 from streamproc.backfill import replay
 from streamproc.backfill.jobs import Job, now
 from streamproc.backfill.view import JobsView
-from streamproc.errors import ConfigurationError, PermanentError, TransientError
-from streamproc.kafka_io import partitions_of
+from streamproc.errors import (
+    CollectionMissingError,
+    ConfigurationError,
+    PermanentError,
+    TransientError,
+)
+from streamproc.kafka_io import admin_client, consumer_client, partitions_of
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import object_uuid
 from streamproc.pipeline.embedder import Embedder, Lane, Target
@@ -55,15 +60,18 @@ class Stopped(Exception):
 
 
 class ModelPool:
-    """Models by registry name, loaded once per worker and shared by live and backfill."""
+    """Models by registry name, loaded once per worker and shared by live and backfill. A
+    loaded model is returned without waiting; loading one never holds up another's users."""
 
     def __init__(self, settings: Settings, loaded: list[EmbeddingModel]) -> None:
         self.settings = settings
         self._models = {m.spec.name: m for m in loaded}
-        self._lock = asyncio.Lock()
+        self._loading: dict[str, asyncio.Lock] = {}
 
     async def get(self, name: str) -> EmbeddingModel:
-        async with self._lock:
+        if name in self._models:
+            return self._models[name]
+        async with self._loading.setdefault(name, asyncio.Lock()):
             if name not in self._models:
                 try:
                     spec = self.settings.model(name)
@@ -177,17 +185,20 @@ class Replayer:
         self.codec = load_schemas(settings.schemas_dir).codec("ChunkRecord")
 
     async def run(self, job_id: str) -> None:
-        servers = self.settings.kafka.bootstrap_servers
+        job = self.jobs.get(job_id)
+        if job is not None:
+            # Before any await: a retire of the collection now waits for this task to end.
+            self.view.writers.hold([job["target_collection"]])
         kafka = Clients(
             # Reads up to known end offsets only: a long poll would just delay the next scan.
-            reader=AIOKafkaConsumer(
-                bootstrap_servers=servers,
+            reader=consumer_client(
+                self.settings,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=50,
             ),
-            offsets=AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False),
-            admin=AIOKafkaAdminClient(bootstrap_servers=servers),
+            offsets=consumer_client(self.settings, enable_auto_commit=False),
+            admin=admin_client(self.settings),
         )
         await kafka.reader.start()
         await kafka.offsets.start()
@@ -279,14 +290,18 @@ class Replayer:
                 job, written = await self._pass(job, target, kafka)
             writes += written
             ends = _by_partition(await kafka.offsets.end_offsets(tps))
-            if replay.finished(
-                job["pass_number"],
-                writes,
-                job["watermarks"],
-                ends,
-                self.settings.backfill.max_catch_up_passes,
-            ):
+            budget = self.settings.backfill.max_catch_up_passes
+            after = replay.after_pass(job["pass_number"], writes, job["watermarks"], ends, budget)
+            if after is replay.After.COMPLETE:
                 break
+            if after is replay.After.OUTRUN:
+                raise PermanentError(
+                    f"catch-up pass {job['pass_number']} still wrote {writes} chunks after "
+                    f"{budget} catch-up passes: live updates outran the replay, and the "
+                    "collection may hold a version that a later record replaced or deleted. "
+                    "Start the job again when live traffic is lower (it skips what the "
+                    "collection already holds), or raise backfill.max_catch_up_passes"
+                )
             job = {
                 **job,
                 "pass_number": job["pass_number"] + 1,
@@ -368,18 +383,25 @@ class Replayer:
             for r in records
             if r.key is not None
         }
-        held = await asyncio.to_thread(self._held, target.collection, values)
-        read = time.perf_counter() - started - waited
-        requests, skipped = [], 0
-        for key, (value, record) in values.items():
-            action = replay.decide(value, held.get(object_uuid(key)))
-            if action in (replay.Action.UPSERT, replay.Action.DELETE):
-                requests.append(replay.as_request(key, value, _record_time(record)))
-            elif action is replay.Action.SKIP:
-                skipped += 1
-        result = (
-            await self.embedder.handle(requests, [target], lane=Lane.REPLAY) if requests else None
-        )
+        try:
+            held = await asyncio.to_thread(self._held, target.collection, values)
+            read = time.perf_counter() - started - waited
+            requests, skipped = [], 0
+            for key, (value, record) in values.items():
+                action = replay.decide(value, held.get(object_uuid(key)))
+                if action in (replay.Action.UPSERT, replay.Action.DELETE):
+                    requests.append(replay.as_request(key, value, _record_time(record)))
+                elif action is replay.Action.SKIP:
+                    skipped += 1
+            result = (
+                await self.embedder.handle(requests, [target], lane=Lane.REPLAY)
+                if requests
+                else None
+            )
+        except CollectionMissingError:
+            # Retired and dropped: the job stops. Dropped behind its back: it fails, saying so.
+            self.jobs.check(job["job_id"])
+            raise
         if result is not None and result.failed:
             reasons = sorted(set(result.failed.values()))
             raise PermanentError(f"{len(result.failed)} objects rejected by Weaviate: {reasons[0]}")

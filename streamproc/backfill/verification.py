@@ -1,21 +1,28 @@
-"""The checks before an alias flip: per-tenant counts against the chunk topic's live keys,
-the vector dimension against the model, and chunks that must find themselves first."""
+"""The checks before an alias flip: something keeps the collection fresh, per tenant the key
+set and text hashes against the chunk topic's live chunks, a sample held in its live version
+(hash and `ingested_at`), the vector dimension against the model, and chunks that must find
+themselves first."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from weaviate.classes.query import MetadataQuery
 
 from streamproc.avro_codec import load_schemas
+from streamproc.backfill.commands import read_jobs
+from streamproc.backfill.jobs import Job, live_writer
+from streamproc.backfill.replay import in_scope
 from streamproc.kafka_io import live_chunks
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import object_uuid, weaviate_tenant
 from streamproc.settings import Settings
-from streamproc.verify import expected_by_tenant
+from streamproc.verify import EXAMPLES, TenantReport, compare_collection
 from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
 
 
@@ -46,15 +53,51 @@ class Verification:
         return "; ".join(f"{c.name} {'ok' if c.ok else 'FAILED'} ({c.detail})" for c in self.checks)
 
 
-def count_checks(expected: dict[str, set[str]], actual: dict[str, int]) -> list[Check]:
-    checks = []
-    for tenant in sorted(set(expected) | set(actual)):
-        want, have = len(expected.get(tenant, ())), actual.get(tenant, 0)
-        detail = f"{have} objects, {want} live chunks"
-        if have != want:
-            detail += f" ({have - want:+d})"
-        checks.append(Check(f"count[{tenant}]", have == want, detail))
-    return checks
+def key_checks(reports: Sequence[TenantReport]) -> list[Check]:
+    """Per tenant: the collection holds every live chunk key, no other, each with its live text."""
+    return [
+        Check(f"keys[{r.tenant}]", r.ok, r.detail() if r.ok else f"STALE: {r.detail()}")
+        for r in reports
+    ]
+
+
+def content_check(
+    records: Sequence[Mapping[str, Any]], held: Mapping[UUID, tuple[Any, str]]
+) -> Check:
+    """Sampled live records against what the collection holds for them: the same text hash,
+    and an `ingested_at` not older than the record's (newer is fine: an unchanged chunk sent
+    again is written with the newer time)."""
+    wrong: list[str] = []
+    for record in records:
+        found = held.get(object_uuid(record["chunk_key"]))
+        if found is None or found[1] != record["text_sha256"] or found[0] < record["ingested_at"]:
+            wrong.append(record["chunk_key"])
+    detail = (
+        f"{len(records) - len(wrong)}/{len(records)} sampled live chunks held in their live version"
+    )
+    if wrong:
+        more = f" (+{len(wrong) - EXAMPLES})" if len(wrong) > EXAMPLES else ""
+        detail += f"; e.g. {', '.join(sorted(wrong)[:EXAMPLES])}{more}"
+    return Check("content", not wrong, detail)
+
+
+def live_writes_check(collection: str, configured: bool, writer: Job | None) -> Check:
+    """Something keeps the collection fresh once it serves: otherwise it goes stale."""
+    if configured:
+        return Check("live writes", True, "the embedders are configured to write it")
+    if writer is not None:
+        scope = f"tenant {writer['tenant']}" if writer["tenant"] else "all tenants"
+        return Check(
+            "live writes",
+            True,
+            f"backfill job {writer['job_id']} ({writer['state']}, {scope}) has live traffic write it",
+        )
+    return Check(
+        "live writes",
+        False,
+        f"no configured model and no running or completed backfill job writes {collection}; "
+        "it would go stale once served",
+    )
 
 
 def self_retrieval_check(hits: int, sampled: int, threshold: float) -> Check:
@@ -67,18 +110,40 @@ def self_retrieval_check(hits: int, sampled: int, threshold: float) -> Check:
     )
 
 
+def sample_keys(collection: str, keys: Iterable[str], size: int) -> list[str]:
+    """The live chunks sampled for `collection`: the same ones on every run over the same
+    keys, so a refused flip is refused again for the same reason."""
+    ordered = sorted(keys)
+    return random.Random(collection).sample(ordered, min(size, len(ordered)))
+
+
 def verify_collection_for_flip(
     settings: Settings, collection: str, model: EmbeddingModel | None = None
 ) -> Verification:
+    """The checks, scoped to the tenant of the job that writes `collection` when that job is
+    tenant-scoped (its collection holds that tenant only)."""
     spec = settings.model_for_collection(collection)
-    model = model or load_model(spec, settings.embedder.device)
+    configured = collection in {settings.collection_for(s) for s in settings.target_models}
+    writer = live_writer(asyncio.run(read_jobs(settings)).values(), collection)
+    tenant = writer["tenant"] if writer is not None and not configured else None
     codec = load_schemas(settings.schemas_dir).codec("ChunkRecord")
-    live = asyncio.run(live_chunks(settings))
-    expected = expected_by_tenant(live)
+    live = {
+        key: value
+        for key, value in asyncio.run(live_chunks(settings)).items()
+        if in_scope(key, tenant)
+    }
+    records = {key: codec.decode(value) for key, value in live.items()}
+    expected: dict[str, dict[str, str]] = {}
+    for key, record in records.items():
+        expected.setdefault(record["tenant"], {})[key] = record["text_sha256"]
+    sample = [
+        records[k] for k in sample_keys(collection, records, settings.backfill.verify_sample_size)
+    ]
     with connect(settings.weaviate) as client:
         store = WeaviateStore(client)
-        tenants = set(expected) | set(store.tenants(collection))
-        checks = count_checks(expected, {t: store.count(collection, t) for t in tenants})
+        checks = [live_writes_check(collection, configured, writer)]
+        checks += key_checks(compare_collection(settings, store, collection, tenant, expected))
+        checks.append(content_check(sample, _held(store, collection, sample)))
         dimension = store.vector_dimension(collection)
         checks.append(
             Check(
@@ -87,19 +152,26 @@ def verify_collection_for_flip(
                 f"vectors have {dimension}, model {spec.name} {spec.version} gives {spec.dimension}",
             )
         )
-        rng = random.Random(collection)
-        keys = sorted(live)
-        sample = rng.sample(keys, min(settings.backfill.verify_sample_size, len(keys)))
-        records = [codec.decode(live[k]) for k in sample]
-        vectors = model.encode([r["text"] for r in records]) if records else []
+        model = model or load_model(spec, settings.embedder.device)
+        vectors = model.encode([r["text"] for r in sample]) if sample else []
         hits = sum(
             _finds_itself(store, collection, record, vector.tolist())
-            for record, vector in zip(records, vectors, strict=True)
+            for record, vector in zip(sample, vectors, strict=True)
         )
-        checks.append(
-            self_retrieval_check(hits, len(records), settings.backfill.min_self_retrieval)
-        )
+        checks.append(self_retrieval_check(hits, len(sample), settings.backfill.min_self_retrieval))
     return Verification(collection, checks)
+
+
+def _held(
+    store: WeaviateStore, collection: str, records: Sequence[Mapping[str, Any]]
+) -> dict[UUID, tuple[Any, str]]:
+    by_tenant: dict[str, list[UUID]] = {}
+    for record in records:
+        by_tenant.setdefault(record["tenant"], []).append(object_uuid(record["chunk_key"]))
+    held: dict[UUID, tuple[Any, str]] = {}
+    for tenant, uuids in by_tenant.items():
+        held.update(store.held(collection, tenant, uuids))
+    return held
 
 
 def _finds_itself(

@@ -10,18 +10,43 @@ it is, and otherwise the batch writes the job's collection too.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.jobs import Job
-from streamproc.kafka_io import partitions_of
+from streamproc.kafka_io import consumer_client, partitions_of
 from streamproc.settings import Settings
+
+
+class Writers:
+    """The tasks of this worker that may still write each backfill collection: a live batch's
+    finishing task from the moment it resolved its targets, a replay for as long as it runs.
+    A retire is acknowledged only once none is left, so the collection is never dropped under
+    a write."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, set[asyncio.Task[object]]] = {}
+
+    def hold(self, collections: Iterable[str]) -> None:
+        """The current task may write `collections` until it ends, however it ends."""
+        task = asyncio.current_task()
+        assert task is not None, "Writers.hold outside a task"
+        for collection in collections:
+            tasks = self._tasks.setdefault(collection, set())
+            if task not in tasks:
+                tasks.add(task)
+                task.add_done_callback(lambda t, c=collection: self._tasks[c].discard(t))
+
+    def busy(self, collection: str) -> bool:
+        return bool(self._tasks.get(collection))
 
 
 class JobsView:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.writers = Writers()
         self.topic = settings.jobs_changelog
         self.codec = load_schemas(settings.schemas_dir).codec("BackfillJob")
         self.jobs: dict[str, Job] = {}
@@ -31,8 +56,8 @@ class JobsView:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+        consumer = consumer_client(
+            self.settings,
             enable_auto_commit=False,
             fetch_max_wait_ms=50,
             auto_offset_reset="earliest",

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import struct
 import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from streamproc.errors import ServiceError
+from streamproc.errors import ServiceError, StreamprocError
+from streamproc.kafka_io import admin_client
 from streamproc.localservices.process import ManagedProcess
 from streamproc.settings import Settings
 
@@ -66,14 +69,33 @@ rootLogger.appenderRef.err.ref = err
 """
 
 
+# Set in the broker's config below; the readiness check asks a coordinator for each.
+OFFSETS_TOPIC_PARTITIONS = 6
+
+
 def split_host_port(address: str) -> tuple[str, int]:
     host, _, port = address.split(",")[0].rpartition(":")
     return host or "127.0.0.1", int(port)
 
 
+@dataclass(frozen=True)
+class SecureListener:
+    """Serve the bootstrap address as a SASL_SSL listener (SCRAM-SHA-256/512, server-side TLS)
+    instead of PLAINTEXT: how the tests run the pipeline the way a production cluster is
+    reached. The broker's own traffic uses a PLAINTEXT listener on `internal_port`, which no
+    client is told about."""
+
+    # PEM: the unencrypted PKCS#8 private key followed by the certificate chain.
+    keystore: Path
+    internal_port: int
+    # name -> password, created with Kafka's own tool when the storage is formatted.
+    scram_users: Mapping[str, str] = field(default_factory=dict)
+
+
 class LocalKafka:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, secure: SecureListener | None = None) -> None:
         self.settings = settings
+        self.secure = secure
         local = settings.local
         self.home = local.cache_dir / "kafka" / local.kafka_version
         self.libs = self.home / "libs"
@@ -81,10 +103,46 @@ class LocalKafka:
         self.host, self.port = split_host_port(settings.kafka.bootstrap_servers)
         self.controller_port = local.kafka_controller_port
         self.proc = ManagedProcess("kafka", self.state / "kafka.pid", self.state / "stdout.log")
+        self.data_dir = self.state / "data"
 
     @property
     def ports(self) -> dict[str, int]:
-        return {"kafka": self.port, "kafka controller": self.controller_port}
+        ports = {"kafka": self.port, "kafka controller": self.controller_port}
+        if self.secure is not None:
+            ports["kafka internal"] = self.secure.internal_port
+        return ports
+
+    def _listeners(self) -> list[str]:
+        controller = f"CONTROLLER://{self.host}:{self.controller_port}"
+        if self.secure is None:
+            return [
+                f"listeners=PLAINTEXT://{self.host}:{self.port},{controller}",
+                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            ]
+        internal = f"INTERNAL://{self.host}:{self.secure.internal_port}"
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return [
+            f"listeners=SASL_SSL://{self.host}:{self.port},{internal},{controller}",
+            f"advertised.listeners=SASL_SSL://{self.host}:{self.port},{internal}",
+            "listener.security.protocol.map=SASL_SSL:SASL_SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=INTERNAL",
+            "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512",
+            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.secure.keystore}",
+            "ssl.client.auth=none",
+        ]
+
+    def _scram_arguments(self) -> list[str]:
+        users = self.secure.scram_users if self.secure is not None else {}
+        return [
+            argument
+            for name, password in users.items()
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+            for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
 
     def provision(self) -> None:
         """Resolve the broker and tools jars with Maven once; later calls reuse the cache."""
@@ -158,7 +216,7 @@ class LocalKafka:
 
     def _write_config(self) -> Path:
         self.state.mkdir(parents=True, exist_ok=True)
-        data = self.state / "data"
+        data = self.data_dir
         props = self.state / "server.properties"
         props.write_text(
             "\n".join(
@@ -166,14 +224,12 @@ class LocalKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}",
-                    f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                    *self._listeners(),
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                     f"log.dirs={data}",
                     "num.partitions=1",
                     "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=6",
+                    f"offsets.topic.num.partitions={OFFSETS_TOPIC_PARTITIONS}",
                     "transaction.state.log.replication.factor=1",
                     "transaction.state.log.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
@@ -191,7 +247,7 @@ class LocalKafka:
     def start(self) -> None:
         props = self._write_config()
         log4j = self.state / "log4j2.properties"
-        if not (self.state / "data" / "meta.properties").exists():
+        if not (self.data_dir / "meta.properties").exists():
             cluster_id = (
                 subprocess.run(
                     self._java("kafka.tools.StorageTool", "random-uuid", log4j=log4j),
@@ -211,6 +267,7 @@ class LocalKafka:
                     cluster_id,
                     "-c",
                     str(props),
+                    *self._scram_arguments(),
                     log4j=log4j,
                 ),
                 capture_output=True,
@@ -223,19 +280,52 @@ class LocalKafka:
         self.proc.wait_ready(self.ready, self.settings.local.start_timeout_s)
 
     def ready(self) -> bool:
-        return asyncio.run(kafka_metadata_ok(self.settings.kafka.bootstrap_servers))
+        return asyncio.run(kafka_ready(self.settings, OFFSETS_TOPIC_PARTITIONS))
 
 
-async def kafka_metadata_ok(bootstrap: str, timeout_ms: int = 2000) -> bool:
-    """True when a metadata request to the cluster succeeds and lists a broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+def java_string_hash(text: str) -> int:
+    """Java's `String.hashCode`, which Kafka uses to place a group on an offsets partition."""
+    data = text.encode("utf-16-be")
+    h = 0
+    for (unit,) in struct.iter_unpack(">H", data):
+        h = (31 * h + unit) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def offsets_partition(group: str, partitions: int) -> int:
+    # Kafka's Utils.abs masks the sign bit rather than negating.
+    return (java_string_hash(group) & 0x7FFFFFFF) % partitions
+
+
+def probe_groups(partitions: int) -> list[str]:
+    """One group id per `__consumer_offsets` partition: asking each one's coordinator covers
+    every partition a real group can land on."""
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < partitions:
+        group = f"streamproc-ready-{n}"
+        found.setdefault(offsets_partition(group, partitions), group)
+        n += 1
+    return [found[p] for p in range(partitions)]
+
+
+async def kafka_ready(settings: Settings, offsets_partitions: int, timeout_ms: int = 2000) -> bool:
+    """True when the cluster lists a broker and a group coordinator answers for every partition
+    of `__consumer_offsets`. Metadata alone is not enough: on a freshly formatted broker the
+    first consumer group fails with GroupCoordinatorNotAvailable for seconds after that."""
+    admin = admin_client(settings, request_timeout_ms=timeout_ms)
     # A refused connection is the expected answer while the broker starts; keep it off stderr.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         await asyncio.wait_for(admin.start(), timeout=timeout_ms / 1000)
         cluster = await admin.describe_cluster()
-        return bool(cluster.get("brokers"))
-    except (KafkaError, OSError, TimeoutError):
+        if not cluster.get("brokers"):
+            return False
+        for group in probe_groups(offsets_partitions):
+            # Answered by the coordinator itself, after it has loaded the partition.
+            await admin.list_consumer_group_offsets(group)
+        return True
+    except (KafkaError, OSError, TimeoutError, StreamprocError):
         return False
     finally:
         await admin.close()

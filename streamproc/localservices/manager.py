@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
 from streamproc.localservices.kafka import LocalKafka
@@ -35,9 +36,15 @@ class LocalServices:
         self.kafka.provision()
         self.weaviate.provision()
 
-    def up(self) -> list[str]:
-        """Start what is not running; returns what it did, one line per service."""
+    def up(self, *, fresh: bool = False) -> list[str]:
+        """Start what is not running; returns what it did, one line per service. `fresh` first
+        stops both and empties their data directories, so nothing from an earlier run (topics,
+        committed offsets, collections) can make a cold-start bug pass."""
         self.provision()
+        if fresh:
+            self.down()
+            for service in (self.kafka, self.weaviate):
+                shutil.rmtree(service.data_dir, ignore_errors=True)
         done = []
         for service in (self.kafka, self.weaviate):
             if service.proc.process() is not None and service.ready():

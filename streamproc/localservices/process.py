@@ -140,6 +140,15 @@ class ManagedProcess:
         self.pidfile.unlink(missing_ok=True)
         return True
 
+    def send_signal(self, sig: signal.Signals) -> bool:
+        """Signal the process group (SIGSTOP/SIGCONT hang and resume a service). True if it ran."""
+        proc = self.process()
+        if proc is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        return True
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])

@@ -25,6 +25,7 @@ class LocalWeaviate:
         self.proc = ManagedProcess(
             "weaviate", self.state / "weaviate.pid", self.state / "weaviate.log"
         )
+        self.data_dir = self.state / "data"
 
     @property
     def ports(self) -> dict[str, int]:
@@ -58,8 +59,8 @@ class LocalWeaviate:
     def env(self) -> dict[str, str]:
         w, local = self.settings.weaviate, self.settings.local
         return {
-            "PERSISTENCE_DATA_PATH": str(self.state / "data"),
-            "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
+            "PERSISTENCE_DATA_PATH": str(self.data_dir),
+            **self._authentication(),
             "DEFAULT_VECTORIZER_MODULE": "none",
             # A write to a retired collection must fail, not quietly create it again.
             "AUTOSCHEMA_ENABLED": "false",
@@ -75,6 +76,19 @@ class LocalWeaviate:
             "DISABLE_TELEMETRY": "true",
             "GO_PROFILING_DISABLE": "true",
             "LOG_FORMAT": "json",
+        }
+
+    def _authentication(self) -> dict[str, str]:
+        """With an API key in the settings, that key is the only way in (in the server's
+        environment, never on disk); without one, anonymous access."""
+        key = self.settings.weaviate.api_key
+        if key is None:
+            return {"AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true"}
+        return {
+            "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
+            "AUTHENTICATION_APIKEY_ENABLED": "true",
+            "AUTHENTICATION_APIKEY_ALLOWED_KEYS": key.get_secret_value(),
+            "AUTHENTICATION_APIKEY_USERS": "streamproc",
         }
 
     def start(self) -> None:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from streamproc.chunking.changes import compare, fingerprint
+from streamproc.chunking.changes import DocumentState, compare, fingerprint
 from streamproc.chunking.extract import extract_sections
 from streamproc.chunking.split import Splitter
 from streamproc.content import check_sha256, decode_text, read_uri
 from streamproc.errors import PermanentError
+from streamproc.failpoints import fail_point
 from streamproc.naming import chunk_key, document_key, weaviate_tenant
-from streamproc.settings import ChunkingSettings
+from streamproc.settings import ChunkingSettings, SourceSettings
 
 
 @dataclass
@@ -22,21 +23,28 @@ class ChunkerOutput:
     document_key: str
     # (chunk key, ChunkRecord or None for a tombstone) for the compacted chunks topic.
     chunk_records: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
-    # EmbedRequested records for embed-requested (key: the document key).
+    # EmbedRequested records for embed-requested (key: the document key): the changed and the
+    # vanished chunks, and the unchanged ones marked `if_changed`.
     embed_requests: list[dict[str, Any]] = field(default_factory=list)
-    # Fingerprint per chunk key after this event; None forgets the document.
-    state: dict[str, str] | None = None
+    state: DocumentState = field(default_factory=DocumentState)
     unchanged: int = 0
 
 
 class Chunker:
-    def __init__(self, settings: ChunkingSettings, splitter: Splitter) -> None:
+    def __init__(
+        self,
+        settings: ChunkingSettings,
+        splitter: Splitter,
+        sources: SourceSettings | None = None,
+    ) -> None:
         self.settings = settings
         self.splitter = splitter
+        self.sources = sources or SourceSettings()
 
     def process(
-        self, event: Mapping[str, Any], previous: Mapping[str, str] | None, kafka_time: datetime
+        self, event: Mapping[str, Any], previous: DocumentState | None, kafka_time: datetime
     ) -> ChunkerOutput:
+        fail_point("chunker.process")
         try:
             weaviate_tenant(event["tenant"])
         except ValueError as exc:
@@ -45,10 +53,16 @@ class Chunker:
             raise PermanentError("doc_id is empty", reason="invalid_doc_id")
         ingested_at = event.get("ingested_at") or kafka_time
         doc_key = document_key(event["tenant"], event["doc_id"])
-        previous = previous or {}
+        previous = previous or DocumentState()
+        if previous.ingested_at is not None and ingested_at < previous.ingested_at:
+            raise PermanentError(
+                f"event ingested at {ingested_at.isoformat()} is older than the version applied, "
+                f"ingested at {previous.ingested_at.isoformat()}",
+                reason="stale",
+            )
         if event["op"] == "DELETE":
-            out = ChunkerOutput(doc_key, state=None)
-            self._tombstone(out, event, list(previous), ingested_at)
+            out = ChunkerOutput(doc_key, state=DocumentState(ingested_at))
+            self._tombstone(out, event, list(previous.chunks), ingested_at)
             return out
 
         data = self._content(event)
@@ -56,15 +70,14 @@ class Chunker:
         text = decode_text(data)
         if not text.strip():
             raise PermanentError("document has no text", reason="empty")
-        drafts = self.splitter.split(extract_sections(text, event["content_type"]))
+        sections = extract_sections(text, event["content_type"])
+        # Every section with text gives at least one chunk: refused before the costly split
+        # (100,000 one-word sections took seconds to split only to be refused).
+        self._check_chunk_count(sum(any(b.strip() for b in s.blocks) for s in sections))
+        drafts = self.splitter.split(sections)
         if not drafts:
             raise PermanentError("document has no text after extraction", reason="empty")
-        if len(drafts) > self.settings.max_chunks_per_document:
-            raise PermanentError(
-                f"document gives {len(drafts)} chunks, over the limit of "
-                f"{self.settings.max_chunks_per_document}",
-                reason="too_many_chunks",
-            )
+        self._check_chunk_count(len(drafts))
 
         policy = self.settings.policy_version
         records = {}
@@ -88,10 +101,19 @@ class Chunker:
                 "ingested_at": ingested_at,
             }
         state = {k: fingerprint(r["heading_path"], r["text"]) for k, r in records.items()}
-        changes = compare(previous, state)
-        out = ChunkerOutput(doc_key, state=state, unchanged=len(changes.unchanged))
+        # Forced: every chunk counts as changed, so each is embedded again everywhere.
+        changes = compare({} if event.get("force") else previous.chunks, state)
+        vanished = [k for k in previous.chunks if k not in state]
+        out = ChunkerOutput(
+            doc_key, state=DocumentState(ingested_at, state), unchanged=len(changes.unchanged)
+        )
         for key in changes.changed:
             out.chunk_records.append((key, records[key]))
+        # Unchanged chunks are still requested, marked: the embedder writes one only where a
+        # collection lacks it (a lost or dead-lettered write heals) and otherwise reports it
+        # current, so whoever waits for this version's embed-done gets one.
+        unchanged = set(changes.unchanged)
+        for key in [*changes.changed, *changes.unchanged]:
             out.embed_requests.append(
                 {
                     "op": "UPSERT",
@@ -100,10 +122,19 @@ class Chunker:
                     "doc_id": event["doc_id"],
                     "chunk": records[key],
                     "ingested_at": ingested_at,
+                    "if_changed": key in unchanged,
                 }
             )
-        self._tombstone(out, event, changes.vanished, ingested_at)
+        self._tombstone(out, event, vanished, ingested_at)
         return out
+
+    def _check_chunk_count(self, chunks: int) -> None:
+        if chunks > self.settings.max_chunks_per_document:
+            raise PermanentError(
+                f"document gives {chunks} chunks or more, over the limit of "
+                f"{self.settings.max_chunks_per_document}",
+                reason="too_many_chunks",
+            )
 
     def _content(self, event: Mapping[str, Any]) -> bytes:
         limit = self.settings.max_document_bytes
@@ -115,7 +146,7 @@ class Chunker:
                 )
             return data
         if event.get("content_uri"):
-            return read_uri(event["content_uri"], limit)
+            return read_uri(event["content_uri"], limit, self.sources)
         raise PermanentError("event has neither content nor content_uri", reason="no_content")
 
     @staticmethod
@@ -132,9 +163,6 @@ class Chunker:
                     "doc_id": event["doc_id"],
                     "chunk": None,
                     "ingested_at": ingested_at,
+                    "if_changed": False,
                 }
             )
-
-
-def utc_from_millis(millis: int) -> datetime:
-    return datetime.fromtimestamp(millis / 1000, tz=UTC)

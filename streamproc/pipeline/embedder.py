@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -28,21 +27,31 @@ from uuid import UUID
 import numpy as np
 from opentelemetry.trace import Span, Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
-from weaviate.exceptions import WeaviateBaseError
 
-from streamproc.errors import TransientError
+from streamproc.errors import (
+    CollectionMissingError,
+    ConfigurationError,
+    PermanentError,
+    TransientError,
+)
+from streamproc.health import note_retry
 from streamproc.models import EmbeddingModel
 from streamproc.naming import object_uuid
 from streamproc.pipeline.batching import EncodePace, conflict_free_segments, sorted_groups
+from streamproc.pipeline.heading_cache import HeadingCache
 from streamproc.settings import EmbedderSettings
 from streamproc.telemetry import retries_counter, tracer
-from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, ChunkObject, WeaviateStore
+from streamproc.weaviate_store import (
+    CONTENT_VECTOR,
+    HEADING_VECTOR,
+    ChunkObject,
+    WeaviateStore,
+    WriteResult,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Object-level rejections are retried this often before the request goes to the DLQ.
-OBJECT_ATTEMPTS = 3
 # Heading vectors kept per target collection (a few MB at 384 dimensions).
 HEADING_CACHE_SIZE = 4096
 # Live traffic counts as flowing for this long after a live batch ends.
@@ -102,7 +111,9 @@ class Embedder:
         self.background = background
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="weaviate")
-        self._heading_cache: dict[str, OrderedDict[str, np.ndarray]] = {}
+        self._heading_cache: dict[str, HeadingCache] = {}
+        # Collections found missing, each logged once.
+        self._missing: set[str] = set()
         self._paces: dict[str, EncodePace] = {}
         # Calls in progress per lane; a lane's encodes and writes start only while the lanes
         # before it have none, so a call waits behind at most one encode and one write of a
@@ -134,17 +145,43 @@ class Embedder:
             result = BatchResult()
             segments = conflict_free_segments([r["chunk_key"] for r in requests])
             for target in self.targets if targets is None else targets:
-                for segment in segments:
-                    upserts = [i for i in segment if requests[i]["op"] == "UPSERT"]
-                    deletes = [i for i in segment if requests[i]["op"] == "DELETE"]
-                    if lane is Lane.LIVE:
-                        await self._upsert(target, requests, upserts, result)
-                    else:
-                        await self._upsert_background(target, requests, upserts, result, lane)
-                    await self._delete(target, requests, deletes, result)
+                done, failed = len(result.done), dict(result.failed)
+                try:
+                    for segment in segments:
+                        upserts = await self._changed(
+                            target,
+                            requests,
+                            [i for i in segment if requests[i]["op"] == "UPSERT"],
+                            result,
+                        )
+                        deletes = [i for i in segment if requests[i]["op"] == "DELETE"]
+                        if lane is Lane.LIVE:
+                            await self._upsert(target, requests, upserts, result)
+                        else:
+                            await self._upsert_background(target, requests, upserts, result, lane)
+                        await self._delete(target, requests, deletes, result)
+                except CollectionMissingError as exc:
+                    self._skip_missing(target, exc)
+                    # A skipped target adds nothing: no embed-done, no dead letter.
+                    del result.done[done:]
+                    result.failed = failed
             return result
         finally:
             self._leave(lane)
+
+    def _skip_missing(self, target: Target, exc: CollectionMissingError) -> None:
+        """A backfill target can be dropped (`collections retire`) while a batch that resolved
+        it is in flight: it is skipped. A configured collection must exist."""
+        if any(t.collection == target.collection for t in self.targets):
+            raise ConfigurationError(
+                f"configured collection {target.collection} is missing in Weaviate; "
+                f"restart the worker to create it again, or configure another model"
+            ) from exc
+        if target.collection not in self._missing:
+            self._missing.add(target.collection)
+            log.warning(
+                "collection missing, skipped as a target", extra={"collection": target.collection}
+            )
 
     def _enter(self, lane: Lane) -> None:
         self._busy[lane] += 1
@@ -163,6 +200,55 @@ class Embedder:
             else:
                 turn.set()
 
+    async def _changed(
+        self,
+        target: Target,
+        requests: Sequence[dict[str, Any]],
+        indices: list[int],
+        result: BatchResult,
+    ) -> list[int]:
+        """`indices` less the `if_changed` requests whose text the collection already holds;
+        those are reported current without being encoded."""
+        checked = [i for i in indices if requests[i]["if_changed"]]
+        if not checked:
+            return indices
+        held = await self._held(target, requests, checked)
+        current = {
+            i for i in checked if i in held and held[i][1] == requests[i]["chunk"]["text_sha256"]
+        }
+        for i in sorted(current):
+            self._current(target, requests[i], result)
+        return [i for i in indices if i not in current]
+
+    async def _held(
+        self, target: Target, requests: Sequence[dict[str, Any]], members: list[int]
+    ) -> dict[int, tuple[Any, str]]:
+        """(ingested_at, text_sha256) of what the collection holds of these requests' chunks,
+        by request index; read again with backoff while Weaviate is unavailable."""
+        by_tenant: dict[str, dict[UUID, int]] = {}
+        for i in members:
+            by_tenant.setdefault(requests[i]["tenant"], {})[
+                object_uuid(requests[i]["chunk_key"])
+            ] = i
+        held: dict[int, tuple[Any, str]] = {}
+        for tenant, member in by_tenant.items():
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(TransientError),
+                wait=wait_exponential_jitter(multiplier=0.2, max=30),
+                before_sleep=_note_retry,
+            ):
+                with attempt:
+                    found = await self._run(
+                        self._io_pool, self.store.held, target.collection, tenant, list(member)
+                    )
+            held.update({member[uuid]: version for uuid, version in found.items()})
+        return held
+
+    def _current(self, target: Target, request: dict[str, Any], result: BatchResult) -> None:
+        """Reported done without a write: the collection holds this text, or a newer one."""
+        uuid = object_uuid(request["chunk_key"])
+        result.done.append({**self._done(target, request, "EMBEDDED", uuid), "unchanged": True})
+
     async def _upsert(
         self,
         target: Target,
@@ -173,15 +259,22 @@ class Embedder:
         counts = [self._tokens(target.model, requests[i]["chunk"]) for i in indices]
         writes: list[asyncio.Task[None]] = []
         budget = self.settings.max_batch_tokens
-        for group in sorted_groups(counts, self.settings.max_batch, lambda: budget):
-            members = [indices[g] for g in group]
-            chunks = [requests[i]["chunk"] for i in members]
-            objects = await self._encode(target, chunks, sum(counts[g] for g in group), result)
-            # Written while the next sub-batch encodes.
-            writes.append(
-                asyncio.ensure_future(self._write(target, members, requests, objects, result))
-            )
-        await asyncio.gather(*writes)
+        try:
+            for group in sorted_groups(counts, self.settings.max_batch, lambda: budget):
+                members = [indices[g] for g in group]
+                chunks = [requests[i]["chunk"] for i in members]
+                objects = await self._encode(target, chunks, sum(counts[g] for g in group), result)
+                # Written while the next sub-batch encodes.
+                writes.append(
+                    asyncio.ensure_future(
+                        self._write_unless_newer(target, members, requests, objects, result)
+                    )
+                )
+            await asyncio.gather(*writes)
+        finally:
+            # After a failure, no write of this call may still add to `result`.
+            for write in writes:
+                write.cancel()
 
     async def _upsert_background(
         self,
@@ -196,34 +289,41 @@ class Embedder:
         writing: asyncio.Task[None] | None = None
         members: list[int] = []
         objects: list[ChunkObject] = []
-        for group in sorted_groups(
-            counts,
-            self.settings.max_batch,
-            lambda: min(self.settings.max_batch_tokens, pace.max_tokens(self._slice())),
-        ):
-            await self._turn[lane].wait()
-            encoded = [indices[g] for g in group]
-            started = time.perf_counter()
-            objects += await self._encode(
-                target,
-                [requests[i]["chunk"] for i in encoded],
-                sum(counts[g] for g in group),
-                result,
-            )
-            pace.observe(max(counts[g] for g in group) * len(group), time.perf_counter() - started)
-            members += encoded
-            # Written in batches as large as a live one, while the next slices encode.
-            if len(objects) >= self.settings.max_batch:
+        try:
+            for group in sorted_groups(
+                counts,
+                self.settings.max_batch,
+                lambda: min(self.settings.max_batch_tokens, pace.max_tokens(self._slice())),
+            ):
+                await self._turn[lane].wait()
+                encoded = [indices[g] for g in group]
+                started = time.perf_counter()
+                objects += await self._encode(
+                    target,
+                    [requests[i]["chunk"] for i in encoded],
+                    sum(counts[g] for g in group),
+                    result,
+                )
+                pace.observe(
+                    max(counts[g] for g in group) * len(group), time.perf_counter() - started
+                )
+                members += encoded
+                # Written in batches as large as a live one, while the next slices encode.
+                if len(objects) >= self.settings.max_batch:
+                    writing = await self._queue_write(
+                        lane, writing, target, members, requests, objects, result
+                    )
+                    members, objects = [], []
+            if objects:
                 writing = await self._queue_write(
                     lane, writing, target, members, requests, objects, result
                 )
-                members, objects = [], []
-        if objects:
-            writing = await self._queue_write(
-                lane, writing, target, members, requests, objects, result
-            )
-        if writing is not None:
-            await writing
+            if writing is not None:
+                await writing
+        finally:
+            # After a failure, no write of this call may still add to `result`.
+            if writing is not None:
+                writing.cancel()
 
     def _slice(self) -> float:
         live = self._busy[Lane.LIVE] or time.monotonic() - self._live_seen < LIVE_RECENT_S
@@ -244,7 +344,9 @@ class Embedder:
         if previous is not None:
             await previous
         await self._turn[lane].wait()
-        return asyncio.ensure_future(self._write(target, members, requests, objects, result))
+        return asyncio.ensure_future(
+            self._write_unless_newer(target, members, requests, objects, result)
+        )
 
     async def _encode(
         self, target: Target, chunks: list[dict[str, Any]], tokens: int, result: BatchResult
@@ -273,17 +375,39 @@ class Embedder:
     ) -> dict[str, np.ndarray]:
         """Vectors of the chunks' heading paths. Headings repeat across the chunks of a section
         and across batches, so they are cached per target instead of encoded again."""
-        cache = self._heading_cache.setdefault(target.collection, OrderedDict())
+        cache = self._heading_cache.setdefault(target.collection, HeadingCache(HEADING_CACHE_SIZE))
         wanted = {heading_text(c["heading_path"]) for c in chunks} - {""}
-        missing = sorted(wanted - cache.keys())
+        # Taken before the await: another lane may evict them meanwhile.
+        found = cache.hits(wanted)
+        missing = sorted(wanted - found.keys())
         if missing:
             vectors = await self._run(self._encode_pool, target.model.encode, missing)
-            cache.update(zip(missing, vectors, strict=True))
-        for heading in wanted:
-            cache.move_to_end(heading)
-        while len(cache) > HEADING_CACHE_SIZE:
-            cache.popitem(last=False)
-        return {heading: cache[heading] for heading in wanted}
+            fresh = dict(zip(missing, vectors, strict=True))
+            cache.add(fresh)
+            found.update(fresh)
+        return found
+
+    async def _write_unless_newer(
+        self,
+        target: Target,
+        members: list[int],
+        requests: Sequence[dict[str, Any]],
+        objects: list[ChunkObject],
+        result: BatchResult,
+    ) -> None:
+        """Write, except the objects the collection already holds in a newer version: a
+        replay's stale record, or a batch of a member that lost its partitions, never
+        overwrites a live write that came after it. Checked right before the write; what
+        remains is the moment between the two calls."""
+        held = await self._held(target, requests, members)
+        keep = []
+        for member, obj in zip(members, objects, strict=True):
+            if member in held and held[member][0] > obj.properties["ingested_at"]:
+                self._current(target, requests[member], result)
+            else:
+                keep.append((member, obj))
+        if keep:
+            await self._write(target, [m for m, _ in keep], requests, [o for _, o in keep], result)
 
     async def _write(
         self,
@@ -295,25 +419,18 @@ class Embedder:
     ) -> None:
         with _weaviate_span("batch upsert", target.collection, len(objects)) as span:
             started = time.perf_counter()
-            by_uuid = dict(zip((o.uuid for o in objects), members, strict=True))
-            pending = objects
-            errors: dict[UUID, str] = {}
-            for _ in range(OBJECT_ATTEMPTS):
-                outcome = await self._with_backoff(
-                    lambda batch=pending: self.store.upsert(target.collection, batch)
-                )
-                for uuid in outcome.written:
-                    result.done.append(
-                        self._done(target, requests[by_uuid[uuid]], "EMBEDDED", uuid)
-                    )
-                errors = outcome.failed
-                pending = [o for o in pending if o.uuid in errors]
-                if not pending:
-                    break
-            for uuid, message in errors.items():
-                result.failed[by_uuid[uuid]] = f"weaviate rejected the object: {message}"
+            by_uuid = {o.uuid: o for o in objects}
+            outcome = await self._settled(
+                lambda pending: self.store.upsert(target.collection, [by_uuid[u] for u in pending]),
+                list(by_uuid),
+            )
+            member = dict(zip(by_uuid, members, strict=True))
+            for uuid in outcome.written:
+                result.done.append(self._done(target, requests[member[uuid]], "EMBEDDED", uuid))
+            for uuid, message in outcome.failed.items():
+                result.failed[member[uuid]] = f"weaviate rejected the object: {message}"
             result.write_seconds += time.perf_counter() - started
-            if any(i in result.failed for i in members):
+            if outcome.failed:
                 span.set_status(Status(StatusCode.ERROR, "objects rejected"))
 
     async def _delete(
@@ -327,24 +444,47 @@ class Embedder:
         for i in indices:
             by_tenant.setdefault(requests[i]["tenant"], []).append(i)
         for tenant, members in by_tenant.items():
-            uuids = [object_uuid(requests[i]["chunk_key"]) for i in members]
-            with _weaviate_span("delete", target.collection, len(uuids)):
-                await self._with_backoff(
-                    lambda t=tenant, u=uuids: self.store.delete(target.collection, t, u)
+            member = {object_uuid(requests[i]["chunk_key"]): i for i in members}
+            with _weaviate_span("delete", target.collection, len(member)) as span:
+                outcome = await self._settled(
+                    lambda pending, t=tenant: self.store.delete(target.collection, t, pending),
+                    list(member),
                 )
-            for i, uuid in zip(members, uuids, strict=True):
-                result.done.append(self._done(target, requests[i], "DELETED", uuid))
+                if outcome.failed:
+                    span.set_status(Status(StatusCode.ERROR, "deletes rejected"))
+            for uuid in outcome.written:
+                result.done.append(self._done(target, requests[member[uuid]], "DELETED", uuid))
+            for uuid, message in outcome.failed.items():
+                result.failed[member[uuid]] = f"weaviate refused the delete: {message}"
 
-    async def _with_backoff(self, call: Callable[[], T]) -> T:
-        """Retry while Weaviate is unreachable; the stream waits meanwhile instead of dropping."""
+    async def _settled(
+        self, send: Callable[[list[UUID]], WriteResult], uuids: list[UUID]
+    ) -> WriteResult:
+        """Send until every object is done or rejected for good. An outage or a rejection for
+        now (read-only shard, timeout) is retried with backoff, without end: the stream waits
+        instead of dropping. A request Weaviate refuses as a whole fails each of its objects."""
+        written: list[UUID] = []
+        failed: dict[UUID, str] = {}
+        pending = uuids
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
             wait=wait_exponential_jitter(multiplier=0.2, max=30),
             before_sleep=_note_retry,
         ):
             with attempt:
-                return await self._run(self._io_pool, _transient_on_weaviate_errors(call))
-        raise AssertionError("unreachable: AsyncRetrying without a stop never gives up")
+                try:
+                    outcome = await self._run(self._io_pool, send, pending)
+                except PermanentError as exc:
+                    outcome = WriteResult([], dict.fromkeys(pending, str(exc)))
+                written += outcome.written
+                failed.update(outcome.failed)
+                pending = [u for u in pending if u in outcome.retry]
+                if pending:
+                    raise TransientError(
+                        f"weaviate rejected {len(pending)} object(s) for now: "
+                        f"{outcome.retry[pending[0]]}"
+                    )
+        return WriteResult(written, failed)
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -407,6 +547,7 @@ class Embedder:
             "object_uuid": str(uuid),
             "latency_ms": int((now - request["ingested_at"]).total_seconds() * 1000),
             "embedded_at": now,
+            "unchanged": False,
         }
 
 
@@ -424,18 +565,9 @@ def _weaviate_span(operation: str, collection: str, objects: int) -> AbstractCon
 
 def _note_retry(state: RetryCallState) -> None:
     retries_counter.add(1)
+    note_retry()
     error = state.outcome.exception() if state.outcome else None
     log.warning(
-        "weaviate unavailable, retrying",
+        "weaviate write not done yet, retrying",
         extra={"attempt": state.attempt_number, "error": str(error)},
     )
-
-
-def _transient_on_weaviate_errors(call: Callable[[], T]) -> Callable[[], T]:
-    def wrapped() -> T:
-        try:
-            return call()
-        except WeaviateBaseError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
-
-    return wrapped

@@ -20,7 +20,8 @@ class InOrder:
         self.limit = limit
         self._tasks: deque[asyncio.Task[None]] = deque()
 
-    async def add(self, work: Callable[[], Awaitable[None]]) -> None:
+    async def add(self, work: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Returns the piece's task, done once it ran, failed or was cancelled."""
         self._reap()
         while len(self._tasks) >= self.limit:
             await asyncio.wait({self._tasks[0]})
@@ -29,6 +30,7 @@ class InOrder:
         task = asyncio.ensure_future(self._after(previous, work))
         task.add_done_callback(_log_failure)
         self._tasks.append(task)
+        return task
 
     def cancel(self) -> None:
         for task in self._tasks:

@@ -9,6 +9,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from tenacity import AsyncRetrying, RetryError, stop_after_delay, wait_exponential
 
 from streamproc.errors import ConfigurationError
+from streamproc.kafka_io import admin_client
+from streamproc.settings import Settings
 from streamproc.topology.model import Change, TopicSpec, TopicState, fit_to_cluster, plan
 
 # DescribeConfigs config_source 1 = DYNAMIC_TOPIC_CONFIG: overrides set on the topic itself.
@@ -57,9 +59,9 @@ async def describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, To
     return states
 
 
-async def reconcile(bootstrap: str, specs: list[TopicSpec], *, apply: bool) -> Report:
+async def reconcile(settings: Settings, specs: list[TopicSpec], *, apply: bool) -> Report:
     """Compare the cluster with `specs`; with `apply`, fix what can be fixed."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = admin_client(settings)
     await admin.start()
     try:
         brokers = len((await admin.describe_cluster())["brokers"])

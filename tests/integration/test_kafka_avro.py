@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from aiokafka import AIOKafkaConsumer
-
 from streamproc.avro_codec import load_schemas
-from streamproc.kafka_io import producer
+from streamproc.kafka_io import consumer_client, producer
 from streamproc.settings import Settings
 
 
@@ -24,9 +22,9 @@ async def _round_trip(settings: Settings) -> list[dict[str, object]]:
             partition=0,
         )
         await prod.send_and_wait(topic, json.dumps(event).encode(), key=b"acme/guide", partition=0)
-    consumer = AIOKafkaConsumer(
+    consumer = consumer_client(
+        settings,
         topic,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )

@@ -20,6 +20,8 @@ from streamproc.weaviate_store import WeaviateStore, connect
 from tests.conftest import with_topics
 from tests.pipeline_support import (
     CORPUS,
+    assert_tenants_isolated,
+    cli,
     collect,
     event,
     expected_chunks,
@@ -51,6 +53,8 @@ def pipeline(
             "max_document_bytes": MAX_BYTES,
             "max_chunks_per_document": MAX_CHUNKS,
         },
+        # Every test's tmp_path lies under the session's base folder.
+        sources={"file_roots": [tmp_path_factory.getbasetemp()]},
     )
     with_topics(settings)
     with running_workers(settings, base) as workers:
@@ -166,8 +170,11 @@ def test_update_reembeds_only_changed_chunks_and_shrink_deletes(pipeline: Settin
         lambda vs: sum(d["status"] == "DELETED" for d in _done_for(vs, "upd")) >= vanished * 2,
     )
     done = _done_for(values, "upd")
-    embedded = [d for d in done if d["status"] == "EMBEDDED"]
+    embedded = [d for d in done if d["status"] == "EMBEDDED" and not d["unchanged"]]
     assert len(embedded) == (len(fps(v1)) + changed) * 2
+    # The unchanged chunks of v2 and v3 were reported current, not embedded again.
+    current = [d for d in done if d["unchanged"]]
+    assert len(current) == (len(fps(v2)) - changed + len(fps(v3))) * 2
     assert sum(d["status"] == "DELETED" for d in done) == vanished * 2
     for collection in _collections(pipeline):
         assert _doc_count(pipeline, collection, "upd", "manual") == len(fps(v3))
@@ -199,7 +206,13 @@ def test_bad_inputs_go_to_the_dlq_and_the_partition_moves_on(
         "empty": event("bad", "empty", "   \n"),
         "not_utf8": event("bad", "not_utf8", None, content_uri=latin1.as_uri()),
         "unreadable_uri": event(
-            "bad", "unreadable_uri", None, content_uri="file:///nonexistent/x.md"
+            "bad", "unreadable_uri", None, content_uri=(tmp_path / "missing.md").as_uri()
+        ),
+        "not_a_file": event("bad", "not_a_file", None, content_uri=tmp_path.as_uri()),
+        "proc": event("bad", "proc", None, content_uri="file:///proc/self/environ"),
+        "outside": event("bad", "outside", None, content_uri="file:///etc/passwd"),
+        "metadata": event(
+            "bad", "metadata", None, content_uri="http://169.254.169.254/latest/meta-data/"
         ),
         "sha256_mismatch": event("bad", "sha256_mismatch", "hello", content_sha256="0" * 64),
         "too_large": event("bad", "too_large", "x" * (MAX_BYTES + 1)),
@@ -235,6 +248,10 @@ def test_bad_inputs_go_to_the_dlq_and_the_partition_moves_on(
             "empty",
             "not_utf8",
             "unreadable_uri",
+            "not_a_file",
+            "uri_not_allowed",
+            "uri_not_allowed",
+            "uri_not_allowed",
             "sha256_mismatch",
             "too_large",
             "too_many_chunks",
@@ -251,13 +268,21 @@ def test_bad_inputs_go_to_the_dlq_and_the_partition_moves_on(
 
 def test_a_search_in_one_tenant_never_sees_another(pipeline: Settings) -> None:
     text = "# Passwords\n\nRotate the database password every ninety days."
-    produce_events(pipeline, [event("alpha", "policy", text), event("beta", "policy", text)])
+    # The same text in both tenants, under a shared id and under an id only one tenant has:
+    # a leak would rank the other tenant's copy as high as the own one.
+    docs = [(t, d) for t in ("alpha", "beta") for d in ("policy", f"{t}-only")]
+    produce_events(pipeline, [event(t, d, text) for t, d in docs])
     collect(
         pipeline,
         "embed-done",
-        lambda vs: len(_done_for(vs, "alpha")) >= 2 and len(_done_for(vs, "beta")) >= 2,
+        lambda vs: all(len(_done_for(vs, t, d)) >= 2 for t, d in docs),
     )
     result = search_alias(pipeline, "how often to rotate the password", "alpha", 10)
     assert result.hits, "no hit in tenant alpha"
     assert all(hit.chunk_key.startswith("alpha/") for hit in result.hits)
-    assert result.hits[0].doc_id == "policy"
+    assert result.hits[0].doc_id in {"policy", "alpha-only"}
+    assert_tenants_isolated(pipeline, ["alpha", "beta"], "how often to rotate the password")
+    for tenant, other in (("alpha", "beta"), ("beta", "alpha")):
+        searched = cli(pipeline, "search", "rotate the password", "--tenant", tenant)
+        assert f"{tenant}-only#0" in searched.stdout
+        assert f"{other}-only" not in searched.stdout

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import SecretStr
 
 from streamproc.otlp_receiver import OtlpReceiver, ReceivedSpan
 from streamproc.produce import expand, produce_documents
@@ -34,6 +35,10 @@ DASHBOARD = REPO_ROOT / "deploy" / "observability" / "dashboards" / "streamproc.
 # Counters that only exist once their event happened (no Weaviate outage in this run).
 ONLY_AFTER_FAILURES = {"streamproc_weaviate_retries_total"}
 SECRET = "zq-SECRET-5e1f0c-do-not-log"
+# Secret settings the workers are given (PLAINTEXT leaves them unused, but they travel in the
+# workers' settings all the same): none may reach a log line, a span or a metric.
+SASL_PASSWORD = "zq-sasl-password-41d7"
+KEY_PASSWORD = "zq-ssl-key-password-9b20"
 CONSUMER, PRODUCER = 5, 4  # OTLP SpanKind numbers
 STATUS_ERROR = 2
 
@@ -89,7 +94,16 @@ def test_one_connected_trace_per_document_metrics_and_no_text_anywhere(
 ) -> None:
     ports = {"chunker": _free_port(), "embedder": _free_port()}
     settings = topics.model_copy(
-        update={"telemetry": topics.telemetry.model_copy(update={"enabled": True})}
+        update={
+            "telemetry": topics.telemetry.model_copy(update={"enabled": True}),
+            "kafka": topics.kafka.model_copy(
+                update={
+                    "sasl_username": "streamproc",
+                    "sasl_password": SecretStr(SASL_PASSWORD),
+                    "ssl_key_password": SecretStr(KEY_PASSWORD),
+                }
+            ),
+        }
     )
     for name, text in DOCS.items():
         (tmp_path / name).write_text(text)
@@ -199,8 +213,10 @@ def test_one_connected_trace_per_document_metrics_and_no_text_anywhere(
     everything = repr([(s.name, s.attributes, s.events) for s in spans]) + repr(
         [(s.name, dict(s.attributes or {})) for s in local_spans.get_finished_spans()]
     )
-    assert SECRET not in everything
-    assert SECRET not in logs
+    for needle in (SECRET, SASL_PASSWORD, KEY_PASSWORD):
+        assert needle not in everything
+        assert needle not in logs
+        assert needle not in scrapes
     # The logs carry the trace ids they were written under.
     assert re.search(r'"trace_id": "[0-9a-f]{32}"', logs)
 

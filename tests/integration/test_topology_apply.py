@@ -3,9 +3,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from streamproc.kafka_io import admin_client
 from streamproc.settings import Settings
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import describe, reconcile
@@ -13,19 +13,18 @@ from streamproc.topology.kafka_admin import describe, reconcile
 
 def test_apply_creates_then_is_a_no_op_and_reports_drift(settings: Settings) -> None:
     specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
-    bootstrap = settings.kafka.bootstrap_servers
 
-    first = asyncio.run(reconcile(bootstrap, specs, apply=True))
+    first = asyncio.run(reconcile(settings, specs, apply=True))
     assert first.applied and {c.kind for c in first.changes} == {"create"}
     assert len(first.changes) == len(specs)
 
-    second = asyncio.run(reconcile(bootstrap, specs, apply=True))
+    second = asyncio.run(reconcile(settings, specs, apply=True))
     assert second.changes == [] and not second.applied
 
     chunks = settings.topic("chunks")
 
     async def tamper_and_read() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = admin_client(settings)
         await admin.start()
         try:
             await admin.alter_configs(
@@ -46,11 +45,11 @@ def test_apply_creates_then_is_a_no_op_and_reports_drift(settings: Settings) -> 
             await admin.close()
 
     asyncio.run(tamper_and_read())
-    drift = asyncio.run(reconcile(bootstrap, specs, apply=False))
+    drift = asyncio.run(reconcile(settings, specs, apply=False))
     details = {str(c) for c in drift.changes}
     assert any("cleanup.policy: 'delete' -> 'compact'" in d for d in details), details
     assert any("min.compaction.lag.ms" in d for d in details), details
 
-    fixed = asyncio.run(reconcile(bootstrap, specs, apply=True))
+    fixed = asyncio.run(reconcile(settings, specs, apply=True))
     assert fixed.applied
-    assert asyncio.run(reconcile(bootstrap, specs, apply=False)).changes == []
+    assert asyncio.run(reconcile(settings, specs, apply=False)).changes == []

@@ -1,0 +1,121 @@
+"""Weaviate with API-key authentication on (a second local server, anonymous access off): the
+right key runs the pipeline; a wrong or missing key is refused at start-up, naming the setting."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from streamproc.localservices.process import check_ports_free
+from streamproc.localservices.weaviate import LocalWeaviate
+from streamproc.naming import chunk_key
+from streamproc.otlp_receiver import OtlpReceiver
+from streamproc.settings import Settings
+from tests.conftest import with_topics
+from tests.pipeline_support import (
+    cli,
+    embed_done_keys,
+    event,
+    exact,
+    expected_chunks,
+    free_ports,
+    produce_events,
+    running_workers,
+)
+
+KEY = f"wk-{secrets.token_hex(12)}"
+TEXT = "# Keyed\n\nWritten with an API key.\n\n## More\n\n" + "Vectors. " * 60
+
+
+def _with_key(settings: Settings, key: str | None) -> Settings:
+    data = settings.model_dump()
+    data["weaviate"]["api_key"] = key
+    return Settings(**data)
+
+
+@pytest.fixture(scope="module")
+def keyed(
+    service_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """Isolated settings whose Weaviate takes only `KEY` (Kafka: the tests' own)."""
+    http, grpc, gossip, data_port, raft, rpc = free_ports(6)
+    data = service_settings.isolated(tmp_path_factory.mktemp("keyed") / "worker").model_dump()
+    data["weaviate"].update(http_port=http, grpc_port=grpc, api_key=KEY)
+    data["local"].update(
+        profile=f"test-auth-{http}",
+        weaviate_gossip_port=gossip,
+        weaviate_data_port=data_port,
+        weaviate_raft_port=raft,
+        weaviate_raft_rpc_port=rpc,
+    )
+    settings = Settings(**data)
+    weaviate = LocalWeaviate(settings)
+    weaviate.provision()
+    weaviate.proc.stop()
+    shutil.rmtree(weaviate.state, ignore_errors=True)
+    check_ports_free(weaviate.ports)
+    try:
+        weaviate.start()
+        yield with_topics(settings)
+    finally:
+        weaviate.proc.stop()
+        shutil.rmtree(settings.local.state_dir, ignore_errors=True)
+
+
+def test_the_right_key_runs_the_pipeline(keyed: Settings, tmp_path: Path) -> None:
+    # Authentication is really on: no key, no schema.
+    anonymous = httpx.get(f"{keyed.weaviate.http_url}/v1/schema", timeout=10)
+    assert anonymous.status_code == 401, anonymous.text
+    collection = keyed.collection_for(keyed.model(keyed.active_model))
+    count = len(expected_chunks(keyed, TEXT, "text/markdown"))
+    keys = {chunk_key("acme", "keyed", keyed.chunking.policy_version, i) for i in range(count)}
+
+    # Traced too: the key must reach no span either.
+    traced = keyed.model_copy(
+        update={"telemetry": keyed.telemetry.model_copy(update={"enabled": True})}
+    )
+    with OtlpReceiver() as receiver, running_workers(traced, tmp_path, roles=()) as workers:
+        for role in ("chunker", "embedder"):
+            workers.start(
+                role,
+                {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                    "OTEL_BSP_SCHEDULE_DELAY": "200",
+                },
+            )
+        produce_events(keyed, [event("acme", "keyed", TEXT)])
+        assert embed_done_keys(keyed, collection, keys) >= keys
+        assert all(p.poll() is None for p in workers.procs.values()), "a worker died"
+        logs = workers.log("chunker") + workers.log("embedder")
+    spans = receiver.spans()
+    assert any(s.name.endswith("embed-done") for s in spans)
+    assert KEY not in repr([(s.name, s.attributes, s.events) for s in spans])
+
+    assert exact(keyed, collection) == {"missing": [], "stale": [], "extra": []}
+    searched = cli(keyed, "search", "vectors written with a key", "--tenant", "acme")
+    assert searched.returncode == 0, searched.stderr
+    assert "keyed#0" in searched.stdout
+    assert KEY not in logs + searched.stdout + searched.stderr
+
+
+def test_a_wrong_key_stops_the_worker_at_start_up_naming_the_setting(keyed: Settings) -> None:
+    wrong = f"not-{KEY}"
+    result = cli(_with_key(keyed, wrong), "worker", "--role", "embedder")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "refused the API key in STREAMPROC_WEAVIATE__API_KEY (HTTP 401)" in result.stderr
+    assert "Traceback" not in output
+    assert wrong not in output and KEY not in output
+
+
+def test_a_missing_key_is_refused_naming_the_setting(keyed: Settings) -> None:
+    result = cli(_with_key(keyed, None), "search", "anything", "--tenant", "acme")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "needs an API key: set STREAMPROC_WEAVIATE__API_KEY (HTTP 401)" in result.stderr
+    assert "Traceback" not in output

@@ -1,0 +1,180 @@
+"""Weaviate's refusals, for real: classified, dead-lettered, waited out or skipped as they should.
+
+Each case injects the fault in Weaviate itself: a property of the wrong type, a shard set
+read-only, a collection dropped under a live embedder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from streamproc.errors import ConfigurationError
+from streamproc.models import EmbeddingModel, load_model
+from streamproc.naming import collection_name, object_uuid
+from streamproc.pipeline.chunker import Chunker
+from streamproc.pipeline.embedder import BatchResult, Embedder, Lane, Target
+from streamproc.settings import Settings
+from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.workers import background_pacing, splitter_for
+from tests.pipeline_support import event
+
+# What must never reach a log record: the chunks' text and headings.
+SECRET = "Zanzibar-7741"
+DOCUMENT = (
+    f"# Heading {SECRET}\n\nFirst paragraph {SECRET} about one thing.\n\n"
+    f"# Second {SECRET}\n\nSecond paragraph {SECRET} about another thing."
+)
+# Well past the first few backoff steps; far from "retried forever".
+PROMPT_S = 30
+
+
+def _requests(settings: Settings, doc_id: str, op: str = "UPSERT") -> list[dict[str, Any]]:
+    chunker = Chunker(settings.chunking, splitter_for(settings))
+    upsert = event("acme", doc_id, DOCUMENT)
+    upsert.update(op="UPSERT", content_uri=None, content_sha256=None, metadata={}, ingested_at=None)
+    first = chunker.process(upsert, None, datetime.now(UTC))
+    if op == "UPSERT":
+        return first.embed_requests
+    return chunker.process(
+        {**upsert, "op": "DELETE"}, first.state, datetime.now(UTC)
+    ).embed_requests
+
+
+def _with_bad_chunk_index(request: dict[str, Any]) -> dict[str, Any]:
+    return {**request, "chunk": {**request["chunk"], "chunk_index": "not a number"}}
+
+
+def _embedder(settings: Settings, store: WeaviateStore, model: EmbeddingModel) -> Embedder:
+    target = Target(model, settings.collection_for(model.spec))
+    store.ensure_collection(target.collection, model.dimension)
+    return Embedder([target], store, settings.embedder, background_pacing(settings))
+
+
+def _handle(embedder: Embedder, requests: list[dict[str, Any]], **kwargs: Any) -> BatchResult:
+    return asyncio.run(asyncio.wait_for(embedder.handle(requests, **kwargs), PROMPT_S))
+
+
+def test_a_one_chunk_update_with_a_bad_property_goes_to_the_dlq_at_once(settings: Settings) -> None:
+    """Old code: every object of the request rejected, so it was retried forever."""
+    model = load_model(settings.model(settings.active_model), "cpu")
+    request = _with_bad_chunk_index(_requests(settings, "bad")[0])
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        embedder = _embedder(settings, store, model)
+        try:
+            started = time.monotonic()
+            result = _handle(embedder, [request])
+        finally:
+            embedder.close()
+        assert time.monotonic() - started < 5
+        assert result.done == []
+        assert list(result.failed) == [0]
+        assert "chunk_index" in result.failed[0]
+        uuid = object_uuid(request["chunk_key"])
+        assert uuid not in store.uuids(embedder.targets[0].collection, "acme")
+
+
+def test_a_partial_failure_writes_the_rest_and_logs_no_document_text(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Old code: weaviate-client logged the failed object (text, headings, vectors) at ERROR."""
+    model = load_model(settings.model(settings.active_model), "cpu")
+    good, bad = _requests(settings, "partial")[:2]
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        embedder = _embedder(settings, store, model)
+        try:
+            with caplog.at_level(logging.DEBUG):
+                result = _handle(embedder, [good, _with_bad_chunk_index(bad)])
+        finally:
+            embedder.close()
+        collection = embedder.targets[0].collection
+        assert [(d["chunk_key"], d["status"]) for d in result.done] == [
+            (good["chunk_key"], "EMBEDDED")
+        ]
+        assert list(result.failed) == [1]
+        assert store.uuids(collection, "acme") == {object_uuid(good["chunk_key"])}
+    client_records = [r for r in caplog.records if r.name == "weaviate-client"]
+    assert any("Failed to send 1 objects" in r.getMessage() for r in client_records)
+    for record in caplog.records:
+        assert SECRET not in record.getMessage(), record.name
+        assert SECRET not in repr(record.__dict__), record.name
+
+
+def test_a_read_only_shard_is_waited_out_and_a_delete_is_confirmed(settings: Settings) -> None:
+    """Old code: a delete refused by a read-only shard was reported DELETED all the same."""
+    model = load_model(settings.model(settings.active_model), "cpu")
+    upserts = _requests(settings, "ro")
+    deletes = _requests(settings, "ro", op="DELETE")
+    keys = {r["chunk_key"] for r in upserts}
+    assert keys == {r["chunk_key"] for r in deletes}
+    with connect(settings.weaviate) as client, connect(settings.weaviate) as admin:
+        store = WeaviateStore(client)
+        embedder = _embedder(settings, store, model)
+        collection = embedder.targets[0].collection
+        shards = admin.collections.get(collection).config
+
+        async def refused_then_allowed(requests: list[dict[str, Any]]) -> BatchResult:
+            shards.update_shards(status="READONLY", shard_names="acme")
+            task = asyncio.ensure_future(embedder.handle(requests))
+            await asyncio.sleep(3)
+            # Still retrying: neither done nor dead-lettered while the shard refuses.
+            assert not task.done()
+            shards.update_shards(status="READY", shard_names="acme")
+            return await asyncio.wait_for(task, PROMPT_S)
+
+        try:
+            # The tenant's shard exists before it can be set read-only.
+            _handle(embedder, upserts[:1])
+            written = asyncio.run(refused_then_allowed(upserts))
+            assert {d["chunk_key"] for d in written.done if d["status"] == "EMBEDDED"} == keys
+            assert store.uuids(collection, "acme") == {object_uuid(k) for k in keys}
+            deleted = asyncio.run(refused_then_allowed(deletes))
+        finally:
+            shards.update_shards(status="READY", shard_names="acme")
+            embedder.close()
+        assert written.failed == {} and deleted.failed == {}
+        assert {d["chunk_key"] for d in deleted.done if d["status"] == "DELETED"} == keys
+        assert store.uuids(collection, "acme") == set()
+
+
+def test_a_dropped_collection_is_skipped_as_a_backfill_target_and_stops_a_configured_one(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Old code: every write to a dropped collection failed and was retried forever."""
+    model = load_model(settings.model(settings.active_model), "cpu")
+    batch = _requests(settings, "kept") + _requests(settings, "gone", op="DELETE")
+    retired = collection_name(settings.weaviate.collection_prefix, "retired", "v1")
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        embedder = _embedder(settings, store, model)
+        configured = embedder.targets[0]
+        store.ensure_collection(retired, model.dimension)
+        backfill = Target(model, retired)
+        try:
+            # A live batch resolved the backfill target; `collections retire` drops it meanwhile.
+            _handle(embedder, batch[:1], targets=[backfill], lane=Lane.LIVE_BACKFILL)
+            store.drop(retired)
+            with caplog.at_level(logging.INFO):
+                for _ in range(2):
+                    skipped = _handle(embedder, batch, targets=[backfill], lane=Lane.LIVE_BACKFILL)
+                    assert skipped.done == [] and skipped.failed == {}
+                replayed = _handle(embedder, batch, targets=[backfill], lane=Lane.REPLAY)
+                assert replayed.done == [] and replayed.failed == {}
+            missing = [r for r in caplog.records if r.getMessage().startswith("collection missing")]
+            assert [getattr(r, "collection", None) for r in missing] == [retired]
+
+            # The configured collection is written as before, then dropped: the worker stops.
+            written = _handle(embedder, batch)
+            assert {d["collection"] for d in written.done} == {configured.collection}
+            store.drop(configured.collection)
+            with pytest.raises(ConfigurationError, match=configured.collection):
+                _handle(embedder, batch)
+        finally:
+            embedder.close()

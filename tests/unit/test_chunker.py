@@ -1,0 +1,78 @@
+"""The chunker's pure core: versions, staleness, unchanged chunks and forced re-embedding."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from streamproc.chunking.changes import DocumentState
+from streamproc.errors import PermanentError
+from streamproc.pipeline.chunker import Chunker
+from streamproc.settings import Settings
+from streamproc.workers import splitter_for
+
+SETTINGS = Settings()
+CHUNKER = Chunker(SETTINGS.chunking, splitter_for(SETTINGS))
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+TEXT = "# Title\n\nFirst section.\n\n## Two\n\nSecond section."
+
+
+def _event(op: str = "UPSERT", content: str | None = TEXT, **fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": "e",
+        "tenant": "t",
+        "doc_id": "d",
+        "op": op,
+        "content": content,
+        "content_uri": None,
+        "content_type": "text/markdown",
+        "content_sha256": None,
+        "metadata": {},
+        "ingested_at": None,
+        "force": False,
+        **fields,
+    }
+
+
+def test_unchanged_chunks_are_requested_marked_if_changed() -> None:
+    first = CHUNKER.process(_event(), None, T0)
+    assert first.embed_requests and not any(r["if_changed"] for r in first.embed_requests)
+    again = CHUNKER.process(_event(), first.state, T0 + timedelta(seconds=1))
+    assert again.chunk_records == []
+    assert [r["chunk_key"] for r in again.embed_requests] == [
+        r["chunk_key"] for r in first.embed_requests
+    ]
+    assert all(r["if_changed"] for r in again.embed_requests)
+    assert again.unchanged == len(first.embed_requests)
+
+
+def test_force_re_embeds_every_chunk() -> None:
+    first = CHUNKER.process(_event(), None, T0)
+    forced = CHUNKER.process(_event(force=True), first.state, T0 + timedelta(seconds=1))
+    assert not any(r["if_changed"] for r in forced.embed_requests)
+    assert {k for k, _ in forced.chunk_records} == {r["chunk_key"] for r in first.embed_requests}
+
+
+def test_an_older_event_is_refused_as_stale() -> None:
+    newer = CHUNKER.process(_event(), None, T0 + timedelta(hours=1))
+    with pytest.raises(PermanentError) as refused:
+        CHUNKER.process(_event(content="# Old\n\nOlder text."), newer.state, T0)
+    assert refused.value.reason == "stale"
+
+
+def test_a_delete_is_remembered_so_an_older_upsert_cannot_bring_the_document_back() -> None:
+    first = CHUNKER.process(_event(), None, T0)
+    deleted = CHUNKER.process(_event("DELETE", None), first.state, T0 + timedelta(hours=1))
+    assert deleted.state.chunks == {}
+    assert {r["op"] for r in deleted.embed_requests} == {"DELETE"}
+    with pytest.raises(PermanentError):
+        CHUNKER.process(_event(), DocumentState.from_json(deleted.state.to_json()), T0)
+
+
+def test_state_round_trips_and_reads_the_format_without_versions() -> None:
+    state = CHUNKER.process(_event(), None, T0).state
+    assert DocumentState.from_json(state.to_json()) == state
+    legacy = DocumentState.from_json('{"t/d/p1/0": "abc"}')
+    assert legacy == DocumentState(None, {"t/d/p1/0": "abc"})

@@ -1,0 +1,168 @@
+"""Weaviate client errors, classified at the edge: the client's real exception objects."""
+
+from __future__ import annotations
+
+import grpc
+import httpx
+import pytest
+from grpc.aio import AioRpcError, Metadata
+from weaviate.exceptions import (
+    InsufficientPermissionsError,
+    UnexpectedStatusCodeError,
+    WeaviateBaseError,
+    WeaviateBatchError,
+    WeaviateConnectionError,
+    WeaviateDeleteManyError,
+    WeaviateQueryError,
+    WeaviateRetryError,
+    WeaviateTenantGetError,
+    WeaviateTimeoutError,
+)
+
+from streamproc.errors import (
+    CollectionMissingError,
+    ConfigurationError,
+    PermanentError,
+    TransientError,
+)
+from streamproc.weaviate_store import Verdict, error_verdict, mapped_error, message_verdict
+
+
+def _status(code: int, body: object = None) -> UnexpectedStatusCodeError:
+    return UnexpectedStatusCodeError("Object was not added", httpx.Response(code, json=body))
+
+
+def _rpc(code: grpc.StatusCode, details: str) -> AioRpcError:
+    return AioRpcError(code, Metadata(), Metadata(), details=details)
+
+
+def _wrapped(code: grpc.StatusCode, details: str) -> WeaviateBaseError:
+    """As the sync client raises it: inside `except RpcError`, so the call is the context."""
+    try:
+        raise _rpc(code, details)
+    except AioRpcError as exc:
+        try:
+            raise WeaviateBatchError(str(exc.details())) from None
+        except WeaviateBatchError as batch:
+            batch.__context__ = exc
+            return batch
+
+
+@pytest.mark.parametrize(
+    ("error", "verdict"),
+    [
+        (_status(429), Verdict.TRANSIENT),
+        (_status(408), Verdict.TRANSIENT),
+        (_status(500), Verdict.TRANSIENT),
+        (_status(503), Verdict.TRANSIENT),
+        (_status(501), Verdict.PERMANENT),
+        (_status(400), Verdict.PERMANENT),
+        (_status(422, {"error": [{"message": "invalid property"}]}), Verdict.PERMANENT),
+        (_status(401), Verdict.CONFIGURATION),
+        (InsufficientPermissionsError(httpx.Response(403)), Verdict.CONFIGURATION),
+        (WeaviateConnectionError("refused"), Verdict.TRANSIENT),
+        (WeaviateTimeoutError("read"), Verdict.TRANSIENT),
+        (WeaviateRetryError("unavailable", 5), Verdict.TRANSIENT),
+        (httpx.ReadError("connection reset by peer"), Verdict.TRANSIENT),
+        (httpx.WriteTimeout("slow"), Verdict.TRANSIENT),
+        # What Weaviate 1.38 answers once `collections retire` dropped the collection.
+        (
+            _status(
+                422, {"error": [{"message": "updating schema: TYPE_ADD_TENANT: class not found"}]}
+            ),
+            Verdict.COLLECTION_MISSING,
+        ),
+        (
+            WeaviateTenantGetError("could not get tenants: class not found"),
+            Verdict.COLLECTION_MISSING,
+        ),
+        (
+            WeaviateDeleteManyError(
+                "[UNKNOWN] batch delete params: could not find class X in schema"
+            ),
+            Verdict.COLLECTION_MISSING,
+        ),
+    ],
+)
+def test_by_type_and_http_status(error: BaseException, verdict: Verdict) -> None:
+    assert error_verdict(error) is verdict
+
+
+@pytest.mark.parametrize(
+    ("code", "verdict"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, Verdict.TRANSIENT),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, Verdict.TRANSIENT),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, Verdict.TRANSIENT),
+        (grpc.StatusCode.ABORTED, Verdict.TRANSIENT),
+        (grpc.StatusCode.INVALID_ARGUMENT, Verdict.PERMANENT),
+        (grpc.StatusCode.FAILED_PRECONDITION, Verdict.PERMANENT),
+        (grpc.StatusCode.PERMISSION_DENIED, Verdict.CONFIGURATION),
+    ],
+)
+def test_by_grpc_status_of_the_wrapped_call(code: grpc.StatusCode, verdict: Verdict) -> None:
+    assert error_verdict(_wrapped(code, "some details")) is verdict
+    # The async client chains it as the cause instead.
+    query = WeaviateQueryError("some details", "GRPC search")
+    query.__cause__ = _rpc(code, "some details")
+    assert error_verdict(query) is verdict
+
+
+def test_grpc_unknown_is_judged_by_its_message() -> None:
+    assert error_verdict(_wrapped(grpc.StatusCode.UNKNOWN, "store is read-only")) is (
+        Verdict.TRANSIENT
+    )
+    assert error_verdict(_wrapped(grpc.StatusCode.UNKNOWN, "context deadline exceeded")) is (
+        Verdict.TRANSIENT
+    )
+    assert error_verdict(
+        _wrapped(grpc.StatusCode.UNKNOWN, "could not find class Chunk_m_v1 in schema")
+    ) is (Verdict.COLLECTION_MISSING)
+    # Nothing says what it is: unexpected, so the process ends.
+    assert error_verdict(_wrapped(grpc.StatusCode.UNKNOWN, 'tenant not found: "x"')) is None
+
+
+@pytest.mark.parametrize(
+    ("message", "verdict"),
+    [
+        ("shard Chunk_m_v1_acme: store is read-only", Verdict.TRANSIENT),
+        ("context deadline exceeded", Verdict.TRANSIENT),
+        ("put object: connection refused", Verdict.TRANSIENT),
+        ("rpc error: code = Unavailable desc = too many requests", Verdict.TRANSIENT),
+        ("class 'Chunk_m_v1' not present in schema", Verdict.COLLECTION_MISSING),
+        (
+            "invalid integer property 'chunk_index' on class 'Chunk_m_v1': requires an integer, "
+            "the given value is 'a timeout, a lost connection, class not found'",
+            None,
+        ),
+        (
+            "Validate vector index content for target vector 0: new node has a vector with "
+            "length 3. Existing nodes have vectors with length 2",
+            None,
+        ),
+    ],
+)
+def test_per_object_messages(message: str, verdict: Verdict | None) -> None:
+    assert message_verdict(message) is verdict
+
+
+def test_mapped_errors_are_streamprocs() -> None:
+    assert isinstance(mapped_error(_status(503), "C"), TransientError)
+    permanent = mapped_error(_status(422), "C")
+    assert isinstance(permanent, PermanentError) and permanent.reason == "weaviate"
+    assert isinstance(mapped_error(_status(403), "C"), ConfigurationError)
+    missing = mapped_error(WeaviateTenantGetError("class not found"), "C")
+    assert isinstance(missing, CollectionMissingError) and missing.collection == "C"
+    assert mapped_error(_wrapped(grpc.StatusCode.UNKNOWN, "no idea"), "C") is None
+
+
+def test_a_rejection_travels_on_without_the_value_weaviate_quotes_back() -> None:
+    from uuid import uuid4
+
+    from streamproc import weaviate_store
+
+    uuid = uuid4()
+    message = "invalid text property 'chunk_index': the given value is 'secret document text'"
+    result = weaviate_store._sorted("C", [uuid], {uuid: message})
+    assert "secret document text" not in result.failed[uuid]
+    assert "chunk_index" in result.failed[uuid]
