@@ -168,12 +168,16 @@ def worker(
     ] = "all",
 ) -> None:
     """Run the pipeline's Faust agents."""
+    from streamproc.kafka_io import connection_problem
     from streamproc.runner import run_all, run_role
     from streamproc.workers import ROLES
 
     settings = _settings()
     try:
         configure_logging()
+        # Faust would retry refused credentials or an untrusted certificate forever.
+        if (problem := asyncio.run(connection_problem(settings.kafka))) is not None:
+            raise problem
         if role == "all":
             raise typer.Exit(code=run_all(settings, ROLES))
         if role not in ROLES:

@@ -244,15 +244,23 @@ class WeaviateStore:
 
     def ensure_collection(self, name: str, dimension: int, *, heading_vector: bool = True) -> None:
         """Create the collection if missing; refuse if it exists with another vector dimension."""
-        if self.client.collections.exists(name):
-            existing = self.vector_dimension(name)
-            if existing is not None and existing != dimension:
-                raise ConfigurationError(
-                    f"collection {name} holds {existing}-dimensional vectors but the model gives "
-                    f"{dimension}; register the model under a new version (a new collection) "
-                    f"or fix its dimension in the registry"
-                )
-            return
+        if not self.client.collections.exists(name):
+            try:
+                self._create_collection(name, dimension, heading_vector=heading_vector)
+                return
+            except UnexpectedStatusCodeError as exc:
+                # Workers starting together race to create it; the loser uses the winner's.
+                if not _already_exists(exc):
+                    raise
+        existing = self.vector_dimension(name)
+        if existing is not None and existing != dimension:
+            raise ConfigurationError(
+                f"collection {name} holds {existing}-dimensional vectors but the model gives "
+                f"{dimension}; register the model under a new version (a new collection) "
+                f"or fix its dimension in the registry"
+            )
+
+    def _create_collection(self, name: str, dimension: int, *, heading_vector: bool) -> None:
         vectors = [
             Configure.Vectors.self_provided(
                 name=CONTENT_VECTOR,
@@ -413,10 +421,20 @@ class WeaviateStore:
         """Point `alias` at `collection`, creating it if needed; returns the previous target."""
         previous = self.alias_target(alias)
         if previous is None:
-            self.client.alias.create(alias_name=alias, target_collection=collection)
-        elif previous != collection:
+            try:
+                self.client.alias.create(alias_name=alias, target_collection=collection)
+                return None
+            except UnexpectedStatusCodeError as exc:
+                if not _already_exists(exc):
+                    raise
+                previous = self.alias_target(alias)
+        if previous is not None and previous != collection:
             self.client.alias.update(alias_name=alias, new_target_collection=collection)
         return previous
+
+
+def _already_exists(exc: UnexpectedStatusCodeError) -> bool:
+    return exc.status_code == 422 and "already exists" in str(exc)
 
 
 def _insert(collection: Collection[Any, Any], group: list[ChunkObject]) -> dict[UUID, str]:

@@ -98,7 +98,10 @@ def test_the_pipeline_runs_end_to_end_over_sasl_ssl(secure: Settings, tmp_path: 
     assert PASSWORD not in logs
 
 
-@pytest.mark.parametrize("command", [("topology", "apply"), ("produce", "{doc}")])
+@pytest.mark.parametrize(
+    "command",
+    [("topology", "apply"), ("produce", "{doc}"), ("worker", "--role", "chunker"), ("worker",)],
+)
 def test_a_wrong_password_is_refused_with_a_clear_error(
     secure: Settings, tmp_path: Path, command: tuple[str, ...]
 ) -> None:

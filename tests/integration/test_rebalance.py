@@ -54,14 +54,17 @@ def _settings(settings: Settings) -> Settings:
     )
 
 
-def _members(settings: Settings, count: int, timeout: float = 240) -> None:
-    """Until the embedder group is Stable with `count` members."""
+def _members(settings: Settings, *members: Workers, timeout: float = 240) -> None:
+    """Until the embedder group is Stable with one member per embedder of `members`."""
     deadline = time.monotonic() + timeout
-    while (group := asyncio.run(embedder_members(settings)))[0] != "Stable" or len(
-        group[1]
-    ) != count:
+    while (group := asyncio.run(embedder_members(settings)))[0] != "Stable" or len(group[1]) != len(
+        members
+    ):
+        for workers in members:
+            if workers.procs["embedder"].poll() is not None:
+                raise AssertionError(f"an embedder ended:\n{workers.log('embedder')[-3000:]}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"the embedder group has not {count} stable members")
+            raise AssertionError(f"the embedder group is {group}, not {len(members)} members")
         time.sleep(1)
 
 
@@ -103,7 +106,7 @@ def test_a_rebalance_while_weaviate_hangs_ends_the_member_that_cannot_finish(
         workers.start("chunker")
         first = workers.start("embedder")
         second.start("embedder")
-        _members(settings, 2)
+        _members(settings, workers, second)
         # Twenty documents, so that both members' partitions have work.
         produce_events(
             settings, [e for i in range(4) for e in corpus_events("rebalance", suffix=f"-{i}")]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
 from weaviate.classes.query import MetadataQuery
 
+from streamproc.errors import ConfigurationError
 from streamproc.naming import collection_name, object_uuid
 from streamproc.settings import Settings
 from streamproc.weaviate_store import CONTENT_VECTOR, ChunkObject, WeaviateStore, connect
@@ -84,3 +88,32 @@ def test_dimension_mismatch_is_refused_with_the_fix(settings: Settings) -> None:
         store.upsert(name, [_obj("acme/a/p1/0", [1.0, 0.0, 0.0])])
         with pytest.raises(ConfigurationError, match="new version"):
             store.ensure_collection(name, 4, heading_vector=False)
+
+
+def test_workers_starting_together_share_the_collection_and_alias_one_created(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two embedders starting at once both see no collection and no alias, and both create
+    them: the one that loses the race uses what the other created instead of crashing."""
+    prefix = settings.weaviate.collection_prefix
+    name = collection_name(prefix, "m", "v1")
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        store.ensure_collection(name, 3, heading_vector=False)
+        store.point_alias(prefix, name)
+        # This worker looked before the other one created them.
+        monkeypatch.setattr(client.collections, "exists", lambda _name: False)
+        monkeypatch.setattr(store, "alias_target", _once(None, store.alias_target))
+
+        store.ensure_collection(name, 3, heading_vector=False)
+        assert store.point_alias(prefix, name) == name
+        # The dimension is still checked against the collection the other worker made.
+        store.upsert(name, [_obj("acme/a/p1/0", [1.0, 0.0, 0.0])])
+        with pytest.raises(ConfigurationError, match="3-dimensional"):
+            store.ensure_collection(name, 2, heading_vector=False)
+        assert store.alias_target(prefix) == name
+
+
+def _once(first: object, then: Callable[..., object]) -> Callable[..., object]:
+    calls = iter([lambda *_: first])
+    return lambda *args: next(calls, then)(*args)
