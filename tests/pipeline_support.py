@@ -146,7 +146,8 @@ def records_with_headers(values: list[Any]) -> list[tuple[dict[str, str], Any]]:
 
 
 class Workers:
-    """The real worker processes (`streamproc worker --role ...`), one per role."""
+    """The real worker processes (`streamproc worker --role ...`), by name: a role, or a role
+    and an instance (`embedder#2`) for a second member of the same group."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.settings = settings
@@ -156,7 +157,7 @@ class Workers:
     def start(self, role: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{role}.log").open("ab")
         proc = subprocess.Popen(
-            worker_argv(role),
+            worker_argv(role.partition("#")[0]),
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **child_env(self.settings), **(env or {})},

@@ -92,10 +92,26 @@ class SecureListener:
     scram_users: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ProxiedListener:
+    """A second PLAINTEXT listener whose advertised address is a proxy's (Toxiproxy in the
+    fault tests): clients bootstrapped through the proxy keep going through it, because the
+    metadata they get back names the proxy, not the broker."""
+
+    port: int
+    advertised_port: int
+
+
 class LocalKafka:
-    def __init__(self, settings: Settings, secure: SecureListener | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        secure: SecureListener | None = None,
+        proxied: ProxiedListener | None = None,
+    ) -> None:
         self.settings = settings
         self.secure = secure
+        self.proxied = proxied
         local = settings.local
         self.home = local.cache_dir / "kafka" / local.kafka_version
         self.libs = self.home / "libs"
@@ -110,15 +126,24 @@ class LocalKafka:
         ports = {"kafka": self.port, "kafka controller": self.controller_port}
         if self.secure is not None:
             ports["kafka internal"] = self.secure.internal_port
+        if self.proxied is not None:
+            ports["kafka proxied"] = self.proxied.port
         return ports
 
     def _listeners(self) -> list[str]:
         controller = f"CONTROLLER://{self.host}:{self.controller_port}"
         if self.secure is None:
+            listeners = [f"PLAINTEXT://{self.host}:{self.port}"]
+            advertised = list(listeners)
+            if self.proxied is not None:
+                listeners.append(f"PROXIED://{self.host}:{self.proxied.port}")
+                advertised.append(f"PROXIED://{self.host}:{self.proxied.advertised_port}")
             return [
-                f"listeners=PLAINTEXT://{self.host}:{self.port},{controller}",
-                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"listeners={','.join(listeners)},{controller}",
+                f"advertised.listeners={','.join(advertised)}",
+                "listener.security.protocol.map="
+                "PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
             ]
         internal = f"INTERNAL://{self.host}:{self.secure.internal_port}"
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"

@@ -9,10 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
+from pydantic import BaseModel
 
+from streamproc.localservices.kafka import ProxiedListener
 from streamproc.localservices.manager import LocalServices
 from streamproc.localservices.toxiproxy import LocalToxiproxy, ToxiproxyApi
 from streamproc.settings import REPO_ROOT, ModelSpec, Settings
@@ -23,8 +24,10 @@ from tests.faults.load import build_load
 RESULTS_FILE = REPO_ROOT / "bench" / "results" / "faults.json"
 _RESULTS = pytest.StashKey[list[CaseResult]]()
 
-# Where the workers reach Weaviate when a case puts Toxiproxy in between.
-PROXY_PORTS = {"weaviate_http": 18480, "weaviate_grpc": 15451}
+# Where the workers reach Weaviate or Kafka when a case puts Toxiproxy in between.
+PROXY_PORTS = {"weaviate_http": 18480, "weaviate_grpc": 15451, "kafka": 18492}
+# The broker's second listener, behind the Kafka proxy: the bootstrap port + this.
+KAFKA_PROXIED_OFFSET = 2
 
 CaseFactory = Callable[..., AbstractContextManager[FaultRun]]
 
@@ -45,7 +48,7 @@ def fault_case(
     @contextmanager
     def case(
         name: str,
-        worker_weaviate: dict[str, object] | None = None,
+        proxied: Proxied | None = None,
         max_recovery_s: float | None = None,
         backfill_model: ModelSpec | None = None,
     ) -> Iterator[FaultRun]:
@@ -54,13 +57,12 @@ def fault_case(
         extra = {"models": [*service_settings.models, backfill_model]} if backfill_model else {}
         settings = with_topics(service_settings.isolated(tmp_path / "worker", **extra))
         also = (settings.collection_for(backfill_model),) if backfill_model else ()
-        # The check reads Weaviate directly; only the workers may go through a proxy.
-        worker_settings = settings.model_copy(
-            update={"weaviate": settings.weaviate.model_copy(update=worker_weaviate or {})}
-        )
+        # The load and the check reach Kafka and Weaviate directly; only the workers may go
+        # through a proxy.
+        worker_settings = proxied.worker_settings(settings) if proxied else settings
         load = build_load()
         with supervised(worker_settings, tmp_path) as workers:
-            run = FaultRun(name, worker_settings, workers, load, time.time())
+            run = FaultRun(name, settings, workers, load, time.time())
             yield run
             result = run.finish(settings, max_recovery_s, also)
         fault_results.append(result)
@@ -91,25 +93,36 @@ def services(local_services: LocalServices) -> Iterator[LocalServices]:
 
 
 class Proxied:
-    """Toxiproxy between the workers and Weaviate (HTTP and gRPC), with no toxic yet."""
+    """Toxiproxy between the workers and one service (Weaviate's HTTP and gRPC, or Kafka), with
+    no toxic yet."""
 
-    # The workers' Weaviate settings with these changes (their collection prefix stays the
-    # case's own) reach Weaviate through the proxies.
-    worker_weaviate: ClassVar[dict[str, object]] = {
-        "http_host": "127.0.0.1",
-        "http_port": PROXY_PORTS["weaviate_http"],
-        "grpc_host": "127.0.0.1",
-        "grpc_port": PROXY_PORTS["weaviate_grpc"],
-    }
-
-    def __init__(self, api: ToxiproxyApi) -> None:
+    def __init__(self, api: ToxiproxyApi, service: str) -> None:
         self.api = api
+        self.service = service
+        self.proxies = [p for p in PROXY_PORTS if p.startswith(service)]
+
+    def worker_settings(self, settings: Settings) -> Settings:
+        """`settings` with the service reached through its proxies."""
+        if self.service == "kafka":
+            section: BaseModel = settings.kafka.model_copy(
+                update={"bootstrap_servers": f"127.0.0.1:{PROXY_PORTS['kafka']}"}
+            )
+        else:
+            section = settings.weaviate.model_copy(
+                update={
+                    "http_host": "127.0.0.1",
+                    "http_port": PROXY_PORTS["weaviate_http"],
+                    "grpc_host": "127.0.0.1",
+                    "grpc_port": PROXY_PORTS["weaviate_grpc"],
+                }
+            )
+        return settings.model_copy(update={self.service: section})
 
     def add(self, kind: str, attributes: dict[str, int], stream: str = "downstream") -> list[str]:
-        """The toxic on both Weaviate proxies; returns (proxy, toxic) names to remove."""
+        """The toxic on each of the service's proxies; returns (proxy, toxic) names to remove."""
         return [
             f"{proxy}/{self.api.add_toxic(proxy, kind, attributes, stream=stream)}"
-            for proxy in PROXY_PORTS
+            for proxy in self.proxies
         ]
 
     def remove(self, toxics: list[str]) -> None:
@@ -119,27 +132,49 @@ class Proxied:
 
 
 @pytest.fixture(scope="session")
-def toxiproxy_server(service_settings: Settings) -> Iterator[ToxiproxyApi]:
+def toxiproxy_server(
+    service_settings: Settings, local_services: LocalServices
+) -> Iterator[ToxiproxyApi]:
+    """Toxiproxy with a proxy to Weaviate's HTTP and gRPC ports and one to a second Kafka
+    listener that advertises the proxy (the broker restarts once to open it)."""
+    kafka = local_services.kafka
+    kafka.proxied = ProxiedListener(kafka.port + KAFKA_PROXIED_OFFSET, PROXY_PORTS["kafka"])
+    kafka.proc.stop()
+    kafka.start()
     server = LocalToxiproxy(service_settings)
     server.start()
     w = service_settings.weaviate
-    upstreams = {"weaviate_http": w.http_port, "weaviate_grpc": w.grpc_port}
+    upstreams = {
+        "weaviate_http": f"{w.http_host}:{w.http_port}",
+        "weaviate_grpc": f"{w.grpc_host}:{w.grpc_port}",
+        "kafka": f"{kafka.host}:{kafka.proxied.port}",
+    }
     for proxy, port in PROXY_PORTS.items():
-        host = w.http_host if proxy == "weaviate_http" else w.grpc_host
-        server.api.create_proxy(proxy, f"127.0.0.1:{port}", f"{host}:{upstreams[proxy]}")
+        server.api.create_proxy(proxy, f"127.0.0.1:{port}", upstreams[proxy])
     try:
         yield server.api
     finally:
         server.stop()
 
 
+def _proxied(api: ToxiproxyApi, service: str) -> Iterator[Proxied]:
+    api.reset()
+    try:
+        yield Proxied(api, service)
+    finally:
+        api.reset()
+
+
 @pytest.fixture
 def proxied(toxiproxy_server: ToxiproxyApi) -> Iterator[Proxied]:
-    toxiproxy_server.reset()
-    try:
-        yield Proxied(toxiproxy_server)
-    finally:
-        toxiproxy_server.reset()
+    """The workers reach Weaviate through Toxiproxy."""
+    yield from _proxied(toxiproxy_server, "weaviate")
+
+
+@pytest.fixture
+def proxied_kafka(toxiproxy_server: ToxiproxyApi) -> Iterator[Proxied]:
+    """The workers reach Kafka through Toxiproxy."""
+    yield from _proxied(toxiproxy_server, "kafka")
 
 
 def _cell(value: object) -> str:

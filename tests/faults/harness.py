@@ -68,6 +68,12 @@ class SupervisedWorkers(Workers):
             self.started[role] = time.time()
             return super().start(role, env)
 
+    def kill(self, role: str) -> None:
+        """SIGKILL the role's process; it stays down (the other member of its group, if any,
+        takes its partitions)."""
+        with self._lock:
+            super().kill(role)
+
     def restart(self, role: str) -> None:
         """SIGKILL the role's process and start a new one at once."""
         with self._lock:
@@ -90,7 +96,7 @@ class SupervisedWorkers(Workers):
         while time.monotonic() < deadline:
             with path.open("rb") as log:
                 log.seek(since)
-                if BUSY_MARKERS[role].encode() in log.read():
+                if BUSY_MARKERS[role.partition("#")[0]].encode() in log.read():
                     return True
             time.sleep(0.2)
         return False

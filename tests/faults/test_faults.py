@@ -19,7 +19,7 @@ from streamproc.derive import projected_model
 from streamproc.localservices.manager import LocalServices
 from streamproc.settings import Settings
 from tests.faults.conftest import CaseFactory, Proxied
-from tests.faults.harness import OUTAGE_S, FaultRun
+from tests.faults.harness import OUTAGE_S, ROLES, FaultRun
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(1200)]
 
@@ -59,6 +59,25 @@ def test_sigkill_embedder(fault_case: CaseFactory) -> None:
 def test_sigkill_chunker(fault_case: CaseFactory) -> None:
     with fault_case("sigkill-chunker") as run:
         run.kill_busy("chunker", KILLS, max_delay_s=2.0)
+
+
+def test_one_of_two_members_killed(fault_case: CaseFactory) -> None:
+    """Two chunkers and two embedders in the same groups; one of each is SIGKILLed while it
+    processes and stays down, so its partitions move to the other member."""
+    with fault_case("two-members-one-killed") as run:
+        for role in ROLES:
+            run.workers.start(f"{role}#2")
+        since = run.workers.log_size("embedder#2")
+        for _ in range(3):
+            run.produce_wave()
+        run.workers.wait_busy("embedder#2", since)
+        time.sleep(run.rng.uniform(0.2, 3.0))
+        for role in ROLES:
+            fault = run.fault(
+                f"SIGKILL {role} 2 of 2", "chunks" if role == "chunker" else "embed-done"
+            )
+            run.workers.kill(f"{role}#2")
+            fault.recovered(run)
 
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED")
@@ -137,15 +156,24 @@ NETWORK_FAULTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(NETWORK_FAULTS))
-def test_network_fault_to_weaviate(fault_case: CaseFactory, proxied: Proxied, name: str) -> None:
+def _network_fault(fault_case: CaseFactory, proxied: Proxied, name: str) -> None:
     kind, attributes, seconds = NETWORK_FAULTS[name]
-    with fault_case(f"net-{name}", worker_weaviate=proxied.worker_weaviate) as run:
+    with fault_case(f"{proxied.service}-net-{name}", proxied=proxied) as run:
         _busy(run)
-        fault = run.fault(f"Weaviate link {name} {seconds:.0f}s")
+        fault = run.fault(f"{proxied.service.title()} link {name} {seconds:.0f}s")
         toxics = proxied.add(kind, attributes)
         try:
             _load_during(run, seconds)
         finally:
             proxied.remove(toxics)
         fault.recovered(run)
+
+
+@pytest.mark.parametrize("name", list(NETWORK_FAULTS))
+def test_network_fault_to_weaviate(fault_case: CaseFactory, proxied: Proxied, name: str) -> None:
+    _network_fault(fault_case, proxied, name)
+
+
+@pytest.mark.parametrize("name", list(NETWORK_FAULTS))
+def test_network_fault_to_kafka(fault_case: CaseFactory, proxied_kafka: Proxied, name: str) -> None:
+    _network_fault(fault_case, proxied_kafka, name)
