@@ -127,7 +127,7 @@ def topology_diff() -> None:
 
 @topology_app.command("render-k8s")
 def topology_render_k8s() -> None:
-    """Print Strimzi KafkaTopic manifests (deploy/k8s/topics.yaml is this output)."""
+    """Print Strimzi KafkaTopic manifests (deploy/k8s/base/topics.yaml is this output)."""
     from streamproc.topology.model import load_topology, render_strimzi
 
     settings = _settings()

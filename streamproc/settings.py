@@ -256,6 +256,12 @@ class WorkerSettings(BaseModel):
     stall_threshold_s: float = Field(default=120.0, gt=0)
 
 
+class InferenceSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8090
+    url_template: str = "http://127.0.0.1:8090/models/{model}"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMPROC_",
@@ -272,6 +278,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     models: list[ModelSpec] = Field(default_factory=_default_models)
     # The model whose collection the alias serves and that live traffic embeds with.
     active_model: str = "all-minilm-l6-v2"
