@@ -244,7 +244,8 @@ def test_autoscaling_follows_each_roles_lag_up_to_its_partitions(name: str) -> N
     consumed = {"chunker": "chunk-requested", "embedder": "embed-requested"}
     for role in ROLES:
         scaled = _find(resources, "ScaledObject", f"streamproc-{role}")["spec"]
-        _find(resources, "Deployment", scaled["scaleTargetRef"]["name"])
+        target = _find(resources, "Deployment", scaled["scaleTargetRef"]["name"])
+        assert "replicas" not in target["spec"], "an apply would reset what KEDA scaled"
         (trigger,) = scaled["triggers"]
         assert trigger["type"] == "kafka"
         meta = trigger["metadata"]
