@@ -23,9 +23,13 @@ FROM python:3.11-slim-bookworm AS base-cpu
 # PyPI's torch brings its own CUDA libraries; the base gives the CUDA runtime environment the
 # NVIDIA container toolkit expects. It has no Python of its own.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base-cuda
+# The distribution's Python of this pinned base; its patch releases are security fixes.
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
+# A stage of this file, not an image to pull.
+# hadolint ignore=DL3006
 FROM base-${TORCH} AS base
 
 FROM base AS install
