@@ -3,10 +3,12 @@ containers only real commands with real settings that point at the services of t
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
 import yaml
 
@@ -14,13 +16,27 @@ from streamproc.localservices.kafka import split_host_port
 from streamproc.settings import REPO_ROOT, Settings
 from tests.deploy_support import cli_command, settings_from
 
-COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.kafka.yml").read_text())["services"]
+FILE = yaml.safe_load((REPO_ROOT / "docker-compose.kafka.yml").read_text())
+COMPOSE = FILE["services"]
+# The Compose Specification's schema, vendored from the Go module
+# github.com/compose-spec/compose-go/v2@v2.16.2 (schema/compose-spec.json): what
+# `docker compose` itself validates a file against.
+COMPOSE_SPEC = json.loads((REPO_ROOT / "tests/schemas/compose-spec.json").read_text())
 DEFAULTS = Settings()
 DASHBOARD = REPO_ROOT / "deploy/observability/dashboards/streamproc.json"
 
 
 def _host_ports(service: str) -> set[int]:
     return {int(p.split(":")[-2]) for p in COMPOSE[service]["ports"]}
+
+
+def test_the_file_follows_the_compose_specification() -> None:
+    validator = jsonschema.Draft202012Validator(COMPOSE_SPEC)
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(FILE)]
+    assert not errors, errors
+    broken = copy.deepcopy(FILE)
+    broken["services"]["chunker"]["restartt"] = "no"
+    assert list(validator.iter_errors(broken))
 
 
 def test_kafka_matches_defaults() -> None:
