@@ -16,7 +16,10 @@ from streamproc.settings import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 dev_app = typer.Typer(no_args_is_help=True, help="Local Kafka and Weaviate without Docker.")
-topology_app = typer.Typer(no_args_is_help=True, help="Apply topology/topics.yaml to a cluster.")
+topology_app = typer.Typer(
+    no_args_is_help=True,
+    help="Apply the topic topology (streamproc/topology/topics.yaml) to a cluster.",
+)
 app.add_typer(dev_app, name="dev")
 app.add_typer(topology_app, name="topology")
 
@@ -124,7 +127,7 @@ def topology_diff() -> None:
 
 @topology_app.command("render-k8s")
 def topology_render_k8s() -> None:
-    """Print Strimzi KafkaTopic manifests (deploy/k8s/topics.yaml is this output)."""
+    """Print Strimzi KafkaTopic manifests (deploy/k8s/base/topics.yaml is this output)."""
     from streamproc.topology.model import load_topology, render_strimzi
 
     settings = _settings()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,10 +27,25 @@ from pydantic_settings import (
 from streamproc.errors import ConfigurationError
 from streamproc.naming import collection_name
 
+# The checkout's root: only the demo, the tests and the benchmarks use it (for the corpus and
+# the deploy files); an installed package finds its own data through `package_data`.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # A worker child's settings, secrets included: a process's environment is never on disk, and
 # only its own user (and root) can read it.
 CHILD_SETTINGS_ENV = "STREAMPROC_SETTINGS_JSON"
+
+
+def package_data(*parts: str) -> Path:
+    """A file or folder shipped inside the installed package (schemas, topology)."""
+    resource = resources.files("streamproc").joinpath(*parts)
+    # pip and uv install wheels unpacked, so the resource is a real path; a zipped import
+    # (zipapp, zipimport) would not be, and the loaders read folders, so refuse it clearly.
+    if not isinstance(resource, Path):
+        raise ConfigurationError(
+            f"streamproc's package data {'/'.join(parts)} is not on the filesystem ({resource}); "
+            "install the package unpacked or set STREAMPROC_SCHEMAS_DIR / STREAMPROC_TOPOLOGY_FILE"
+        )
+    return resource
 
 
 def _default_cache_dir() -> Path:
@@ -240,6 +256,12 @@ class WorkerSettings(BaseModel):
     stall_threshold_s: float = Field(default=120.0, gt=0)
 
 
+class InferenceSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8090
+    url_template: str = "http://127.0.0.1:8090/models/{model}"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMPROC_",
@@ -256,11 +278,13 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     models: list[ModelSpec] = Field(default_factory=_default_models)
     # The model whose collection the alias serves and that live traffic embeds with.
     active_model: str = "all-minilm-l6-v2"
-    schemas_dir: Path = REPO_ROOT / "schemas" / "avro"
-    topology_file: Path = REPO_ROOT / "topology" / "topics.yaml"
+    # Shipped inside the package; set these to use another copy.
+    schemas_dir: Path = Field(default_factory=lambda: package_data("schemas", "avro"))
+    topology_file: Path = Field(default_factory=lambda: package_data("topology", "topics.yaml"))
 
     @model_validator(mode="after")
     def _active_model_is_registered(self) -> Settings:

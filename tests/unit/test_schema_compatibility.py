@@ -22,20 +22,30 @@ def _git(*args: str) -> str:
     ).stdout
 
 
+# Where the schemas have lived, newest first: they moved into the package to ship in the wheel.
+SCHEMA_FOLDERS = ("streamproc/schemas/avro", "schemas/avro")
+
+
 def _committed_versions(filename: str) -> list[tuple[str, str]]:
-    """(commit, text) of each distinct committed version of schemas/avro/<filename>."""
-    path = f"schemas/avro/{filename}"
+    """(commit, text) of each distinct committed version of <filename> in any SCHEMA_FOLDERS."""
+    paths = [f"{folder}/{filename}" for folder in SCHEMA_FOLDERS]
     versions: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for commit in _git("log", "--format=%H", "--", path).split():
-        try:
-            text = _git("show", f"{commit}:{path}")
-        except subprocess.CalledProcessError:
-            continue  # the commit deleted or renamed it
-        if text not in seen:
-            seen.add(text)
-            versions.append((commit[:10], text))
+    for commit in _git("log", "--format=%H", "--", *paths).split():
+        for path in paths:
+            try:
+                text = _git("show", f"{commit}:{path}")
+            except subprocess.CalledProcessError:
+                continue  # not at this path in that commit (moved, renamed or deleted)
+            if text not in seen:
+                seen.add(text)
+                versions.append((commit[:10], text))
     return versions
+
+
+def test_history_holds_versions_from_before_the_move() -> None:
+    """The move into the package must not hide the versions committed at the old path."""
+    assert _git("log", "--format=%H", "--", f"{SCHEMA_FOLDERS[1]}/{SCHEMA_FILES['ChunkRequested']}")
 
 
 def _expanded_at(filename: str, text: str) -> dict[str, object]:
