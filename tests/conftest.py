@@ -15,6 +15,34 @@ from tests import services
 silence_dependency_warnings()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_or_document_text_in_any_log(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """After the whole run: no log the run wrote (every worker's, and the local Kafka's and
+    Weaviate's) holds a string a test module lists in `NEVER_LOGGED`: its secrets and the
+    marker text of its documents."""
+    yield
+    needles = {
+        needle
+        for item in request.session.items
+        for needle in getattr(item.module, "NEVER_LOGGED", ())
+    }
+    if not needles:
+        return
+    roots = [tmp_path_factory.getbasetemp(), services.local_settings().local.state_dir]
+    found = sorted(
+        f"{path}: {needle!r}"
+        for root in roots
+        for path in root.rglob("*.log")
+        # Kafka's segment files are named *.log too: the documents belong there.
+        if "data" not in path.relative_to(root).parts
+        for needle in needles
+        if needle in path.read_text(errors="replace")
+    )
+    assert not found, "secrets or document text in logs:\n" + "\n".join(found)
+
+
 @pytest.fixture(scope="session")
 def service_settings() -> Iterator[Settings]:
     """Kafka and Weaviate for the whole session; fails (never skips) when none can be had."""

@@ -30,6 +30,8 @@ from tests.tls import CertificateAuthority
 
 USER = "alice"
 PASSWORD = f"pw-{secrets.token_hex(12)}"
+# Checked against every log of the run (tests/conftest.py).
+NEVER_LOGGED = (PASSWORD,)
 TEXT = "# Secured\n\nThis document went through TLS and SCRAM.\n\n## More\n\n" + "Brokers. " * 80
 
 

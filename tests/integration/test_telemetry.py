@@ -35,6 +35,8 @@ DASHBOARD = REPO_ROOT / "deploy" / "observability" / "dashboards" / "streamproc.
 # Counters that only exist once their event happened (no Weaviate outage in this run).
 ONLY_AFTER_FAILURES = {"streamproc_weaviate_retries_total"}
 SECRET = "zq-SECRET-5e1f0c-do-not-log"
+# Checked against every log of the run (tests/conftest.py).
+NEVER_LOGGED = (SECRET,)
 # Secret settings the workers are given (PLAINTEXT leaves them unused, but they travel in the
 # workers' settings all the same): none may reach a log line, a span or a metric.
 SASL_PASSWORD = "zq-sasl-password-41d7"

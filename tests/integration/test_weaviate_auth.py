@@ -29,6 +29,8 @@ from tests.pipeline_support import (
 )
 
 KEY = f"wk-{secrets.token_hex(12)}"
+# Checked against every log of the run (tests/conftest.py).
+NEVER_LOGGED = (KEY,)
 TEXT = "# Keyed\n\nWritten with an API key.\n\n## More\n\n" + "Vectors. " * 60
 
 

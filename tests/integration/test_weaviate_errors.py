@@ -26,6 +26,8 @@ from tests.pipeline_support import event
 
 # What must never reach a log record: the chunks' text and headings.
 SECRET = "Zanzibar-7741"
+# Checked against every log of the run (tests/conftest.py).
+NEVER_LOGGED = (SECRET,)
 DOCUMENT = (
     f"# Heading {SECRET}\n\nFirst paragraph {SECRET} about one thing.\n\n"
     f"# Second {SECRET}\n\nSecond paragraph {SECRET} about another thing."
