@@ -42,6 +42,8 @@ class Received:
     spans: list[ReceivedSpan] = field(default_factory=list)
     # Metric name -> number of data points seen.
     metrics: dict[str, int] = field(default_factory=dict)
+    # Every Authorization header value the exporters sent.
+    authorizations: set[str] = field(default_factory=set)
 
 
 def _value(value: AnyValue) -> Any:
@@ -68,6 +70,9 @@ class OtlpReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
+                if authorization := self.headers.get("Authorization"):
+                    with receiver._lock:
+                        receiver.received.authorizations.add(authorization)
                 if self.path == "/v1/traces":
                     receiver._traces(ExportTraceServiceRequest.FromString(body))
                     reply = ExportTraceServiceResponse().SerializeToString()
@@ -101,6 +106,10 @@ class OtlpReceiver:
     def spans(self) -> list[ReceivedSpan]:
         with self._lock:
             return list(self.received.spans)
+
+    def authorizations(self) -> set[str]:
+        with self._lock:
+            return set(self.received.authorizations)
 
     def metric_names(self) -> dict[str, int]:
         with self._lock:

@@ -196,6 +196,10 @@ class TelemetrySettings(BaseModel):
     # Off, only OpenTelemetry's no-op API runs. The exporters themselves are configured with
     # the standard OTEL_* variables (endpoint, protocol headers, sampler, service name).
     enabled: bool = False
+    # Headers for both OTLP exporters (`key=value,...`, the format of
+    # OTEL_EXPORTER_OTLP_HEADERS): usually a collector's token, so kept as a secret here.
+    # Set, they replace the OTEL_* headers.
+    otlp_headers: SecretStr | None = None
     # A Prometheus scrape endpoint per worker process; `worker --role all` gives each role
     # its own port, counting up from this one.
     prometheus_port: int | None = None

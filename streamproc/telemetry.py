@@ -152,12 +152,13 @@ def setup(settings: TelemetrySettings, service: str) -> None:
     resource = Resource.create(attributes)
 
     provider = TracerProvider(resource=resource)
+    headers = _otlp_headers(settings)
     for name in _exporters("OTEL_TRACES_EXPORTER"):
-        provider.add_span_processor(BatchSpanProcessor(_span_exporter(name)))
+        provider.add_span_processor(BatchSpanProcessor(_span_exporter(name, headers)))
     trace.set_tracer_provider(provider)
 
     readers: list[MetricReader] = [
-        PeriodicExportingMetricReader(_metric_exporter(name))
+        PeriodicExportingMetricReader(_metric_exporter(name, headers))
         for name in _exporters("OTEL_METRICS_EXPORTER")
     ]
     if settings.prometheus_port:
@@ -178,11 +179,21 @@ def _exporters(variable: str) -> list[str]:
     return [n for n in names if n != "none"]
 
 
-def _span_exporter(name: str) -> Any:
+def _otlp_headers(settings: TelemetrySettings) -> dict[str, str] | None:
+    """The secret headers, or None to leave the exporters to OTEL_EXPORTER_OTLP_*_HEADERS."""
+    if settings.otlp_headers is None:
+        return None
+    from opentelemetry.util.re import parse_env_headers
+
+    # Liberal: a bearer token's space need not be percent-encoded (as other SDKs accept).
+    return dict(parse_env_headers(settings.otlp_headers.get_secret_value(), liberal=True))
+
+
+def _span_exporter(name: str, headers: dict[str, str] | None) -> Any:
     if name == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter()
+        return OTLPSpanExporter(headers=headers)
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
@@ -190,11 +201,11 @@ def _span_exporter(name: str) -> Any:
     raise ValueError(f"OTEL_TRACES_EXPORTER={name!r}: streamproc supports otlp, console, none")
 
 
-def _metric_exporter(name: str) -> Any:
+def _metric_exporter(name: str, headers: dict[str, str] | None) -> Any:
     if name == "otlp":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        return OTLPMetricExporter()
+        return OTLPMetricExporter(headers=headers)
     if name == "console":
         from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
 

@@ -36,11 +36,12 @@ DASHBOARD = REPO_ROOT / "deploy" / "observability" / "dashboards" / "streamproc.
 ONLY_AFTER_FAILURES = {"streamproc_weaviate_retries_total"}
 SECRET = "zq-SECRET-5e1f0c-do-not-log"
 # Checked against every log of the run (tests/conftest.py).
-NEVER_LOGGED = (SECRET,)
+NEVER_LOGGED = (SECRET, "zq-otlp-token-c03e")
 # Secret settings the workers are given (PLAINTEXT leaves them unused, but they travel in the
 # workers' settings all the same): none may reach a log line, a span or a metric.
 SASL_PASSWORD = "zq-sasl-password-41d7"
 KEY_PASSWORD = "zq-ssl-key-password-9b20"
+OTLP_TOKEN = NEVER_LOGGED[1]
 CONSUMER, PRODUCER = 5, 4  # OTLP SpanKind numbers
 STATUS_ERROR = 2
 
@@ -97,7 +98,12 @@ def test_one_connected_trace_per_document_metrics_and_no_text_anywhere(
     ports = {"chunker": _free_port(), "embedder": _free_port()}
     settings = topics.model_copy(
         update={
-            "telemetry": topics.telemetry.model_copy(update={"enabled": True}),
+            "telemetry": topics.telemetry.model_copy(
+                update={
+                    "enabled": True,
+                    "otlp_headers": SecretStr(f"authorization=Bearer {OTLP_TOKEN}"),
+                }
+            ),
             "kafka": topics.kafka.model_copy(
                 update={
                     "sasl_username": "streamproc",
@@ -182,6 +188,8 @@ def test_one_connected_trace_per_document_metrics_and_no_text_anywhere(
             "the refused document's error span",
         )
         spans = receiver.spans()
+        # The secret headers setting reached the collector, on traces and metrics alike.
+        assert receiver.authorizations() == {f"Bearer {OTLP_TOKEN}"}
         logs = workers.log("chunker") + workers.log("embedder")
         scrapes = _scrape(ports["embedder"]) + _scrape(ports["chunker"])
 
@@ -215,7 +223,7 @@ def test_one_connected_trace_per_document_metrics_and_no_text_anywhere(
     everything = repr([(s.name, s.attributes, s.events) for s in spans]) + repr(
         [(s.name, dict(s.attributes or {})) for s in local_spans.get_finished_spans()]
     )
-    for needle in (SECRET, SASL_PASSWORD, KEY_PASSWORD):
+    for needle in (SECRET, SASL_PASSWORD, KEY_PASSWORD, OTLP_TOKEN):
         assert needle not in everything
         assert needle not in logs
         assert needle not in scrapes

@@ -167,7 +167,8 @@ def test_containers_run_real_commands_with_real_settings(name: str) -> None:
                 if var["name"].startswith("STREAMPROC_"):
                     setting_path(var["name"])
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
+                # An optional key (the OTLP token) may be absent; a required one must be there.
+                if ref and not ref.get("optional"):
                     assert ref["key"] in secrets.get(ref["name"], set()), f"{where}: {ref}"
             settings_from(_env(container, config))
 
@@ -295,7 +296,7 @@ def test_the_topology_job_applies_the_packaged_topology() -> None:
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
 
 
-def test_secrets_feed_the_kafka_and_weaviate_credentials() -> None:
+def test_secrets_feed_the_kafka_weaviate_and_otlp_credentials() -> None:
     resources = rendered("base")
     pod = _find(resources, "Deployment", "streamproc-embedder")["spec"]["template"]["spec"]
     from_secrets = {
@@ -307,5 +308,6 @@ def test_secrets_feed_the_kafka_and_weaviate_credentials() -> None:
         "STREAMPROC_KAFKA__SASL_USERNAME": "streamproc-kafka",
         "STREAMPROC_KAFKA__SASL_PASSWORD": "streamproc-kafka",
         "STREAMPROC_WEAVIATE__API_KEY": "streamproc-weaviate",
+        "STREAMPROC_TELEMETRY__OTLP_HEADERS": "streamproc-otlp",
     }
-    assert not any("PASSWORD" in k or "API_KEY" in k for k in _config(resources))
+    assert not any("PASSWORD" in k or "API_KEY" in k or "HEADERS" in k for k in _config(resources))

@@ -20,6 +20,7 @@ from tests.tls import CertificateAuthority
 SASL = "sasl-pw-3f9a"
 API_KEY = "weaviate-key-77c1"
 KEY_PASSWORD = "key-pw-0d2e"
+OTLP_HEADERS = "authorization=Bearer otlp-token-5a10"
 
 
 def _secret_settings(**kafka: object) -> Settings:
@@ -32,6 +33,7 @@ def _secret_settings(**kafka: object) -> Settings:
             **kafka,
         },
         weaviate={"api_key": API_KEY},
+        telemetry={"otlp_headers": OTLP_HEADERS},
         worker={"group_instance_id": "parent"},
     )
 
@@ -39,7 +41,8 @@ def _secret_settings(**kafka: object) -> Settings:
 def test_secrets_are_masked_in_every_rendering_of_the_settings() -> None:
     settings = _secret_settings()
     for text in (repr(settings), str(settings), settings.model_dump_json()):
-        assert SASL not in text and API_KEY not in text and KEY_PASSWORD not in text
+        for secret in (SASL, API_KEY, KEY_PASSWORD, "otlp-token-5a10"):
+            assert secret not in text
 
 
 def test_a_child_gets_exactly_the_parents_settings_and_its_own_variables_win(
@@ -55,6 +58,8 @@ def test_a_child_gets_exactly_the_parents_settings_and_its_own_variables_win(
     assert child.kafka.sasl_password is not None and child.weaviate.api_key is not None
     assert child.kafka.sasl_password.get_secret_value() == SASL
     assert child.weaviate.api_key.get_secret_value() == API_KEY
+    assert child.telemetry.otlp_headers is not None
+    assert child.telemetry.otlp_headers.get_secret_value() == OTLP_HEADERS
     assert child.worker.group_instance_id == "child-1"
     expected = json.loads(env[CHILD_SETTINGS_ENV])
     expected["worker"]["group_instance_id"] = "child-1"
@@ -126,3 +131,13 @@ def test_tls_files_that_cannot_be_loaded_name_the_settings(tmp_path: Path) -> No
     ).kafka
     with pytest.raises(ConfigurationError, match="STREAMPROC_KAFKA__SSL_CAFILE"):
         client_options(kafka)
+
+
+def test_otlp_headers_are_parsed_like_the_otel_variable_and_unset_leave_it_in_charge() -> None:
+    # That the exporters send them is checked end to end in tests/integration/test_telemetry.py.
+    from streamproc.telemetry import _otlp_headers
+
+    assert _otlp_headers(_secret_settings().telemetry) == {
+        "authorization": "Bearer otlp-token-5a10"
+    }
+    assert _otlp_headers(Settings().telemetry) is None
