@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamproc.models import resolve_source
+from streamproc.models import quiet_transformers, resolve_source
 from streamproc.settings import REPO_ROOT, ModelSpec
 
 PROJECTED_DIM = 128
@@ -28,6 +28,7 @@ def derive_projection(
 
     if (out_dir / "modules.json").exists():
         return out_dir
+    quiet_transformers()
     base = SentenceTransformer(resolve_source(base_source), device="cpu")
     embeddings = base.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True)
     if len(embeddings) < dimension:

@@ -62,14 +62,21 @@ class EmbeddingModel:
         return np.asarray(vectors, dtype=np.float32)
 
 
+def quiet_transformers() -> None:
+    """No progress bar per model load or save: noise in worker logs and the demo's output."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
 def load_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
     """Load and check a registry entry; refuse to start when reality disagrees with it."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
 
-    # A progress bar per model load is noise in worker logs and between search results.
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = resolve_source(spec.source)
     try:
