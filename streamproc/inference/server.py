@@ -142,14 +142,15 @@ def _vectors_handler(served: ServedModel) -> Handler:
     return handle
 
 
-def _meta_handler(served: dict[str, ServedModel]) -> Handler:
+def _meta_handler(served: dict[str, ServedModel], only: str | None = None) -> Handler:
+    """One model's meta at its own URL; at the root, the only model's, or all of them."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
-        name = request.match_info.get("model")
-        if name is None:
-            if len(served) == 1:
-                return web.json_response(next(iter(served.values())).meta())
-            return web.json_response({"models": {n: s.meta() for n, s in served.items()}})
-        return web.json_response(served[name].meta())
+        if only is not None:
+            return web.json_response(served[only].meta())
+        if len(served) == 1:
+            return web.json_response(next(iter(served.values())).meta())
+        return web.json_response({"models": {n: s.meta() for n, s in served.items()}})
 
     return handle
 
@@ -165,18 +166,17 @@ def build_app(models: list[EmbeddingModel], settings: InferenceSettings) -> web.
     }
     app = web.Application(client_max_size=settings.max_request_bytes)
     app[SERVED] = served
-    meta = _meta_handler(served)
     routes = [
         web.get("/.well-known/live", _alive),
         web.get("/.well-known/ready", _alive),
-        web.get("/meta", meta),
+        web.get("/meta", _meta_handler(served)),
     ]
     for name, one in served.items():
         base = f"/models/{name}"
         routes += [
             web.post(f"{base}/vectors", _vectors_handler(one)),
             web.post(f"{base}/vectors/", _vectors_handler(one)),
-            web.get(f"{base}/meta", meta),
+            web.get(f"{base}/meta", _meta_handler(served, name)),
             web.get(f"{base}/.well-known/live", _alive),
             web.get(f"{base}/.well-known/ready", _alive),
         ]
