@@ -80,7 +80,14 @@ def _docker() -> Iterator[Settings]:
     kafka = KafkaContainer(image="confluentinc/cp-kafka:8.0.0").with_kraft()
     weaviate = WeaviateContainer(
         image="cr.weaviate.io/semitechnologies/weaviate:1.38.11",
-        env_vars={"DISABLE_TELEMETRY": "true"},
+        # The module collections name; queries reach the host's endpoint only where the
+        # engine maps host.docker.internal (set STREAMPROC_INFERENCE__URL_TEMPLATE to match).
+        env_vars={
+            "DISABLE_TELEMETRY": "true",
+            "ENABLE_MODULES": "text2vec-transformers",
+            "TRANSFORMERS_INFERENCE_API": "http://host.docker.internal:8090",
+            "TRANSFORMERS_WAIT_FOR_STARTUP": "false",
+        },
     )
     with kafka, weaviate:
         yield Settings(

@@ -46,10 +46,11 @@ class ServedModel:
     # objects it vectorizes itself, which streamproc's collections never ask for).
     vectors_served: dict[str, int] = field(default_factory=dict)
     _executor: ThreadPoolExecutor = field(init=False)
-    batcher: MicroBatcher[str, list[float]] = field(init=False)
+    batcher: MicroBatcher[str, list[float] | TextTooLong] = field(init=False)
 
     def __post_init__(self) -> None:
-        # One encode at a time per model: torch uses every core for one batch already.
+        # One thread per model does its tokenizing and encoding: torch uses every core for one
+        # batch already, and a tokenizer must not be called from two threads at once.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"encode-{self.name}")
         self.batcher = MicroBatcher(self._encode, self.max_batch, self.max_wait_s)
 
@@ -57,20 +58,31 @@ class ServedModel:
     def name(self) -> str:
         return self.model.spec.name
 
-    def check_length(self, text: str) -> None:
-        """Refuse, never truncate: a cut query would be answered for a question not asked."""
+    def _encode_sync(self, texts: list[str]) -> list[list[float] | TextTooLong]:
+        """Each text's vector, or its refusal: over the token limit a text is refused, never
+        truncated (a cut query would be answered for a question not asked)."""
         limit = self.model.spec.max_seq_len
-        tokens = self.model.count_tokens([text])[0]
-        if tokens > limit:
-            raise TextTooLong(
-                f"text has {tokens} tokens but model {self.name} accepts at most {limit} "
+        counts = self.model.count_tokens(texts)
+        results: list[list[float] | TextTooLong] = [
+            TextTooLong(
+                f"text has {n} tokens but model {self.name} accepts at most {limit} "
                 f"(special tokens included); it is not truncated: send a shorter text"
             )
+            if n > limit
+            else []
+            for n in counts
+        ]
+        fitting = [i for i, n in enumerate(counts) if n <= limit]
+        if fitting:
+            vectors = self.model.encode([texts[i] for i in fitting])
+            for i, vector in zip(fitting, vectors, strict=True):
+                results[i] = vector.tolist()
+        return results
 
-    async def _encode(self, texts: list[str]) -> list[list[float]]:
+    async def _encode(self, texts: list[str]) -> list[list[float] | TextTooLong]:
         started = time.perf_counter()
-        vectors = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.model.encode, texts
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._encode_sync, texts
         )
         log.debug(
             "encoded query batch",
@@ -81,12 +93,14 @@ class ServedModel:
                 "encode_ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
-        return [v.tolist() for v in vectors]
+        return results
 
     async def embed(self, text: str, task: str) -> list[float]:
-        vector = await self.batcher.submit(text)
+        result = await self.batcher.submit(text)
+        if isinstance(result, TextTooLong):
+            raise result
         self.vectors_served[task] = self.vectors_served.get(task, 0) + 1
-        return vector
+        return result
 
     def meta(self) -> dict[str, Any]:
         spec = self.model.spec
@@ -129,14 +143,13 @@ def _vectors_handler(served: ServedModel) -> Handler:
         config = body.get("config") or {}
         task = str(config.get("task_type") or "query") if isinstance(config, dict) else "query"
         try:
-            served.check_length(text)
+            vector = await served.embed(text, task)
         except TextTooLong as exc:
             log.info(
                 "refused text over the token limit",
                 extra={"model": served.name, "chars": len(text)},
             )
             return _error(422, str(exc))
-        vector = await served.embed(text, task)
         return web.json_response({"text": text, "vector": vector, "dims": len(vector)})
 
     return handle
@@ -156,8 +169,9 @@ def _meta_handler(served: dict[str, ServedModel], only: str | None = None) -> Ha
 
 
 async def _alive(request: web.Request) -> web.StreamResponse:
-    # Models load before the listener opens: answering at all means ready.
-    return web.Response(status=204)
+    # Models load before the listener opens: answering at all means ready. 200, not 204:
+    # the image's HEALTHCHECK (`streamproc.healthcheck`) wants exactly 200.
+    return web.json_response({})
 
 
 def build_app(models: list[EmbeddingModel], settings: InferenceSettings) -> web.Application:
