@@ -111,9 +111,10 @@ def run_demo(settings: Settings, manage_services: bool = True) -> None:
                 f"{settings.inference.port}; log: {serve_log}"
             )
             typer.echo(f"worker: started (roles chunker and embedder); log: {log}")
-            # DELETE first, so a second run re-embeds everything and shows the same progress.
+            # DELETE first and force the UPSERT, so a second run re-embeds everything (its
+            # collections may have been recreated above) and shows the same progress.
             asyncio.run(produce_documents(settings, docs, TENANT, "DELETE"))
-            asyncio.run(produce_documents(settings, docs, TENANT, "UPSERT"))
+            asyncio.run(produce_documents(settings, docs, TENANT, "UPSERT", force=True))
             wanted = {(k, c) for k in keys for c in configured}
             typer.echo(
                 f"produced {len(docs)} documents; waiting for {len(wanted)} embed-done records"
