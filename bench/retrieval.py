@@ -217,7 +217,11 @@ def measure_latency(
         search(text)
         seconds.append(time.perf_counter() - started)
     ms = [s * 1000 for s in seconds]
-    return {"queries": len(ms), "p50_ms": _percentile(ms, 50), "p99_ms": _percentile(ms, 99)}
+    return {
+        "queries": len(ms),
+        "p50_ms": round(_percentile(ms, 50), 2),
+        "p99_ms": round(_percentile(ms, 99), 2),
+    }
 
 
 def evaluate(
@@ -371,7 +375,10 @@ def _run(
             "embed_in_process_plus_near_vector": latency,
         },
         "summary": {
-            name: {mode: (f["recall"], f["mrr"]) for mode, f in v["modes"].items()}
+            name: {
+                mode: f"recall@{K} {f['recall']:.3f}, MRR {f['mrr']:.3f}"
+                for mode, f in v["modes"].items()
+            }
             for name, v in variants.items()
         },
     }
