@@ -87,7 +87,7 @@ def _hybrid(target: Any) -> Search:
         vectors = (
             vector if isinstance(target, str) else {CONTENT_VECTOR: vector, HEADING_VECTOR: vector}
         )
-        # Weaviate's default alpha (0.75 vector, 0.25 bm25) and ranked fusion.
+        # Weaviate 1.38 defaults: alpha 0.75 (the vector side's weight), relative-score fusion.
         return _keys(
             collection.query.hybrid(
                 text, vector=vectors, target_vector=target, limit=K, return_properties=["chunk_key"]
