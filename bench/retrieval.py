@@ -60,6 +60,9 @@ K = 10
 VARIANTS = {"main": True, "whole": False}  # name -> chunking.html_main_content
 EMBED_SLICE = 256
 SEED = "retrieval-bench"
+# What bm25 reads, as `streamproc search` does: not the ids, file names and model fields that
+# are text properties too ("sql-truncate.html" would answer "TRUNCATE").
+KEYWORD_PROPERTIES = ["text", "heading_path"]
 
 Search = Callable[[Collection[Any, Any], str, Sequence[float]], list[str]]
 
@@ -90,7 +93,12 @@ def _hybrid(target: Any) -> Search:
         # Weaviate 1.38 defaults: alpha 0.75 (the vector side's weight), relative-score fusion.
         return _keys(
             collection.query.hybrid(
-                text, vector=vectors, target_vector=target, limit=K, return_properties=["chunk_key"]
+                text,
+                vector=vectors,
+                target_vector=target,
+                query_properties=KEYWORD_PROPERTIES,
+                limit=K,
+                return_properties=["chunk_key"],
             )
         )
 
@@ -98,7 +106,11 @@ def _hybrid(target: Any) -> Search:
 
 
 def _keyword(collection: Collection[Any, Any], text: str, _vector: Sequence[float]) -> list[str]:
-    return _keys(collection.query.bm25(text, limit=K, return_properties=["chunk_key"]))
+    return _keys(
+        collection.query.bm25(
+            text, query_properties=KEYWORD_PROPERTIES, limit=K, return_properties=["chunk_key"]
+        )
+    )
 
 
 BOTH = [CONTENT_VECTOR, HEADING_VECTOR]
