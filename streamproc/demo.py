@@ -1,9 +1,11 @@
 """`streamproc demo`: the main job end to end on the configured services.
 
-Services up (when local), topology applied, a worker started, the shipped corpus produced as
-ingest-complete events, a progress bar until every chunk has its embed-done, searches through
-the alias; then a model rotation (backfill with a progress bar, verification, the flip, the same
-search answered by the new model, a rollback), and everything this run started stopped again.
+Services up (when local), topology applied, the inference endpoint of both models and a worker
+started, the shipped corpus produced as ingest-complete events, a progress bar until every chunk
+has its embed-done, searches through Weaviate on the alias (nearText, embedded by the served
+collection's endpoint); then a model rotation (backfill with a progress bar, verification, the
+flip, the same search answered by the new model, a rollback), and everything this run started
+stopped again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from streamproc.backfill.jobs import conflicting_job, describe, now
 from streamproc.chunking.extract import extract_sections
 from streamproc.derive import projected_model
 from streamproc.errors import StreamprocError
+from streamproc.inference.process import serving
 from streamproc.kafka_io import end_offsets, follow
 from streamproc.localservices.manager import LocalServices
 from streamproc.naming import chunk_key
@@ -36,6 +39,7 @@ from streamproc.settings import REPO_ROOT, ModelSpec, Settings
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
 from streamproc.verify import verify_collection
+from streamproc.weaviate_store import WeaviateStore, connect, query_endpoint
 from streamproc.workers import splitter_for
 
 CORPUS = REPO_ROOT / "corpus" / "docs"
@@ -90,12 +94,22 @@ def run_demo(settings: Settings, manage_services: bool = True) -> None:
         specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
         report = asyncio.run(reconcile(settings, specs, apply=True))
         typer.echo(f"topology: {len(specs)} topics, {len(report.changes)} change(s) applied")
+        _replace_collections_without_endpoint(settings, [settings.active_model, second.name])
         docs = expand([str(CORPUS)])
         keys = expected_keys(settings, docs)
         configured = {settings.collection_for(m) for m in settings.target_models}
         start_offsets = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
         log = settings.local.state_dir / "demo-worker.log"
-        with worker_subprocess(settings, "all", log) as proc:
+        serve_log = settings.local.state_dir / "demo-serve.log"
+        served = [settings.active_model, second.name]
+        with (
+            serving(settings, served, serve_log),
+            worker_subprocess(settings, "all", log) as proc,
+        ):
+            typer.echo(
+                f"inference endpoint: serving {', '.join(served)} on port "
+                f"{settings.inference.port}; log: {serve_log}"
+            )
             typer.echo(f"worker: started (roles chunker and embedder); log: {log}")
             # DELETE first, so a second run re-embeds everything and shows the same progress.
             asyncio.run(produce_documents(settings, docs, TENANT, "DELETE"))
@@ -113,10 +127,29 @@ def run_demo(settings: Settings, manage_services: bool = True) -> None:
     typer.echo(f"\ndone in {time.monotonic() - started:.0f}s")
 
 
+def _replace_collections_without_endpoint(settings: Settings, models: list[str]) -> None:
+    """A collection an earlier demo made before collections named their model's endpoint
+    cannot answer nearText. Outside the demo such a collection moves over by a rotation; the
+    demo re-embeds its corpus anyway, so it drops its own and lets them be made again."""
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        for name in models:
+            collection = settings.collection_for(settings.model(name))
+            if not client.collections.exists(collection):
+                continue
+            if query_endpoint(client.collections.get(collection).config.get()) is None:
+                store.drop(collection)
+                typer.echo(f"{collection}: made by an earlier demo without its endpoint; recreated")
+
+
 def _search(settings: Settings, query: str) -> None:
+    """Through Weaviate: nearText on the alias, embedded by the served collection's endpoint."""
     result = search_alias(settings, query, TENANT, 3)
     typer.echo(f'\nsearch "{query}"')
-    typer.echo(f"  via alias {result.alias} -> {result.collection} ({result.model})")
+    typer.echo(
+        f"  via alias {result.alias} -> {result.collection} ({result.model}), nearText on "
+        f"{'+'.join(result.targets)} ({result.fusion.value})"
+    )
     for rank, hit in enumerate(result.hits, 1):
         where = " > ".join(hit.heading_path) or "(no heading)"
         typer.echo(f"  {rank}. {hit.score:.3f}  {hit.doc_id}  {where}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import logging
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ class EmbeddingModel:
     spec: ModelSpec
     model: Any  # sentence_transformers.SentenceTransformer
     device: str
+    # The registry's pinned revision, else a digest of the files the model was loaded from:
+    # what every object records, so a vector can be traced to the exact weights.
+    revision: str = ""
 
     @property
     def dimension(self) -> int:
@@ -60,6 +64,27 @@ class EmbeddingModel:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+def files_digest(directory: Path) -> str:
+    """`sha256:` and 16 hex digits over every file's relative path and bytes, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        digest.update(b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def model_revision(spec: ModelSpec, source: str) -> str:
+    if spec.revision:
+        return spec.revision
+    if Path(source).is_dir():
+        return files_digest(Path(source))
+    # A hub id without a pinned revision: whatever the hub served; say so rather than guess.
+    return "unpinned"
 
 
 def load_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
@@ -98,4 +123,5 @@ def load_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
     # Lazy initialisation (allocator, kernels) is paid here, not by the first batch.
     model.encode(["warm-up"], show_progress_bar=False)
     log.info("loaded model", extra={"model": spec.name, "device": chosen, "dim": real_dim})
-    return EmbeddingModel(spec=spec, model=model, device=chosen)
+    revision = model_revision(spec, source)
+    return EmbeddingModel(spec=spec, model=model, device=chosen, revision=revision)

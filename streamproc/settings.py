@@ -260,9 +260,22 @@ class WorkerSettings(BaseModel):
 
 
 class InferenceSettings(BaseModel):
+    """`streamproc serve`: Weaviate's text2vec-transformers protocol for registered models."""
+
     host: str = "127.0.0.1"
     port: int = 8090
+    # Each new collection's `inferenceUrl`: where Weaviate embeds nearText and hybrid queries
+    # for that model version. `{model}` is the registry name.
     url_template: str = "http://127.0.0.1:8090/models/{model}"
+    # Concurrent requests are encoded together: a batch closes at this many texts, or this
+    # long after its first text arrived, whichever comes first.
+    max_batch: int = Field(default=32, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    # A request body over this is refused before it is read (a query is a few hundred bytes).
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    def url_for(self, model: str) -> str:
+        return self.url_template.format(model=model)
 
 
 class Settings(BaseSettings):

@@ -16,6 +16,7 @@ from weaviate.classes.config import Configure, DataType, Property, VectorDistanc
 from weaviate.classes.query import Filter
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
+from weaviate.collections.classes.config_vectors import _VectorConfigCreate
 from weaviate.collections.classes.data import DataObject
 from weaviate.exceptions import (
     AuthenticationFailedError,
@@ -56,6 +57,8 @@ PROPERTIES = [
     Property(name="char_count", data_type=DataType.INT),
     Property(name="token_count", data_type=DataType.INT),
     Property(name="truncated", data_type=DataType.BOOL),
+    # The registry name of the model that embedded the object; model_id is where it came from.
+    Property(name="model_name", data_type=DataType.TEXT),
     Property(name="model_id", data_type=DataType.TEXT),
     Property(name="model_revision", data_type=DataType.TEXT),
     Property(name="model_version", data_type=DataType.TEXT),
@@ -242,16 +245,32 @@ class WeaviateStore:
         self.client = client
         self._known_tenants: dict[str, set[str]] = {}
 
-    def ensure_collection(self, name: str, dimension: int, *, heading_vector: bool = True) -> None:
-        """Create the collection if missing; refuse if it exists with another vector dimension."""
+    def ensure_collection(
+        self,
+        name: str,
+        dimension: int,
+        *,
+        heading_vector: bool = True,
+        inference_url: str | None = None,
+    ) -> None:
+        """Create the collection if missing; refuse if it exists with another vector dimension.
+
+        With `inference_url` (the endpoint of the collection's own model version), its named
+        vectors name the `text2vec-transformers` vectorizer, so Weaviate embeds nearText and
+        hybrid queries with that model; objects still arrive with their vectors, which Weaviate
+        then never computes itself. Without it the vectors are only self-provided (nearVector).
+        """
         if not self.client.collections.exists(name):
             try:
-                self._create_collection(name, dimension, heading_vector=heading_vector)
+                self._create_collection(
+                    name, dimension, heading_vector=heading_vector, inference_url=inference_url
+                )
                 return
             except UnexpectedStatusCodeError as exc:
                 # Workers starting together race to create it; the loser uses the winner's.
                 if not _already_exists(exc):
                     raise
+        self._add_missing_properties(name)
         existing = self.vector_dimension(name)
         if existing is not None and existing != dimension:
             raise ConfigurationError(
@@ -260,24 +279,26 @@ class WeaviateStore:
                 f"or fix its dimension in the registry"
             )
 
-    def _create_collection(self, name: str, dimension: int, *, heading_vector: bool) -> None:
-        vectors = [
-            Configure.Vectors.self_provided(
-                name=CONTENT_VECTOR,
-                vector_index_config=Configure.VectorIndex.hnsw(
-                    distance_metric=VectorDistances.COSINE
-                ),
-            )
-        ]
-        if heading_vector:
-            vectors.append(
-                Configure.Vectors.self_provided(
-                    name=HEADING_VECTOR,
-                    vector_index_config=Configure.VectorIndex.hnsw(
-                        distance_metric=VectorDistances.COSINE
-                    ),
-                )
-            )
+    def _add_missing_properties(self, name: str) -> None:
+        """A collection made by an older streamproc lacks newer properties (auto-schema is off,
+        so a write carrying one would be refused): add them."""
+        collection = self.client.collections.get(name)
+        have = {p.name for p in collection.config.get().properties}
+        for prop in PROPERTIES:
+            if prop.name in have:
+                continue
+            try:
+                collection.config.add_property(prop)
+            except UnexpectedStatusCodeError as exc:
+                if not _already_exists(exc):
+                    raise
+
+    def _create_collection(
+        self, name: str, dimension: int, *, heading_vector: bool, inference_url: str | None
+    ) -> None:
+        sources = {CONTENT_VECTOR: ["text"], HEADING_VECTOR: ["heading_path"]}
+        names = [CONTENT_VECTOR, HEADING_VECTOR] if heading_vector else [CONTENT_VECTOR]
+        vectors = [_vector_config(vector, sources[vector], inference_url) for vector in names]
         self.client.collections.create(
             name,
             properties=PROPERTIES,
@@ -431,6 +452,31 @@ class WeaviateStore:
         if previous is not None and previous != collection:
             self.client.alias.update(alias_name=alias, new_target_collection=collection)
         return previous
+
+
+def _vector_config(
+    name: str, source_properties: list[str], inference_url: str | None
+) -> _VectorConfigCreate:
+    index = Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)
+    if inference_url is None:
+        return Configure.Vectors.self_provided(name=name, vector_index_config=index)
+    return Configure.Vectors.text2vec_transformers(
+        name=name,
+        inference_url=inference_url,
+        source_properties=source_properties,
+        vectorize_collection_name=False,
+        vector_index_config=index,
+    )
+
+
+def query_endpoint(collection_config: Any, vector: str = CONTENT_VECTOR) -> str | None:
+    """The endpoint a collection's named vector embeds queries with, if it names one."""
+    config = (
+        collection_config.vector_config.get(vector) if collection_config.vector_config else None
+    )
+    if config is None:
+        return None
+    return config.vectorizer.model.get("inferenceUrl")
 
 
 def _already_exists(exc: UnexpectedStatusCodeError) -> bool:

@@ -399,7 +399,11 @@ def prepare_targets(
     """Create each target collection (refusing a dimension mismatch) and the alias if missing."""
     targets = [Target(m, settings.collection_for(m.spec)) for m in models]
     for target in targets:
-        store.ensure_collection(target.collection, target.model.dimension)
+        store.ensure_collection(
+            target.collection,
+            target.model.dimension,
+            inference_url=settings.inference.url_for(target.model.spec.name),
+        )
     active = settings.collection_for(settings.model(settings.active_model))
     alias = settings.weaviate.collection_prefix
     if any(t.collection == active for t in targets) and store.alias_target(alias) is None:

@@ -63,6 +63,23 @@ def service_settings() -> Iterator[Settings]:
         manager.__exit__(None, None, None)
 
 
+@pytest.fixture(scope="session")
+def inference_endpoint(
+    service_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """`streamproc serve` for the default model and the derived 128-d one, at the test
+    settings' `inference.url_template`: what the test Weaviate embeds nearText and hybrid
+    queries with. Yields settings that register both models."""
+    from streamproc.derive import projected_model
+    from streamproc.inference.process import serving
+
+    second = projected_model(service_settings.local.cache_dir)
+    settings = service_settings.model_copy(update={"models": [*service_settings.models, second]})
+    log = tmp_path_factory.mktemp("inference") / "serve.log"
+    with serving(settings, [m.name for m in settings.models], log):
+        yield settings
+
+
 def with_topics(settings: Settings) -> Settings:
     specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
     asyncio.run(reconcile(settings, specs, apply=True))

@@ -12,7 +12,12 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-from streamproc.settings import LocalServicesSettings, Settings, WeaviateSettings
+from streamproc.settings import (
+    InferenceSettings,
+    LocalServicesSettings,
+    Settings,
+    WeaviateSettings,
+)
 
 # The test profile's ports differ from the dev defaults, so a running `dev up` is left alone.
 TEST_PORTS = {
@@ -24,6 +29,7 @@ TEST_PORTS = {
     "data": 17947,
     "raft": 18300,
     "raft_rpc": 18301,
+    "inference": 18090,
 }
 
 
@@ -37,6 +43,10 @@ def local_settings(profile: str = "test", ports: dict[str, int] | None = None) -
     return Settings(
         kafka={"bootstrap_servers": f"127.0.0.1:{p['kafka']}"},
         weaviate=WeaviateSettings(http_port=p["weaviate_http"], grpc_port=p["weaviate_grpc"]),
+        inference=InferenceSettings(
+            port=p["inference"],
+            url_template=f"http://127.0.0.1:{p['inference']}/models/{{model}}",
+        ),
         local=LocalServicesSettings(
             profile=profile,
             kafka_controller_port=p["kafka_controller"],
@@ -70,7 +80,14 @@ def _docker() -> Iterator[Settings]:
     kafka = KafkaContainer(image="confluentinc/cp-kafka:8.0.0").with_kraft()
     weaviate = WeaviateContainer(
         image="cr.weaviate.io/semitechnologies/weaviate:1.38.11",
-        env_vars={"DISABLE_TELEMETRY": "true"},
+        # The module collections name; queries reach the host's endpoint only where the
+        # engine maps host.docker.internal (set STREAMPROC_INFERENCE__URL_TEMPLATE to match).
+        env_vars={
+            "DISABLE_TELEMETRY": "true",
+            "ENABLE_MODULES": "text2vec-transformers",
+            "TRANSFORMERS_INFERENCE_API": "http://host.docker.internal:8090",
+            "TRANSFORMERS_WAIT_FOR_STARTUP": "false",
+        },
     )
     with kafka, weaviate:
         yield Settings(

@@ -249,7 +249,11 @@ class Replayer:
             raise PermanentError(
                 f"{target.collection} is served by the alias; a backfill never writes it"
             )
-        self.store.ensure_collection(target.collection, target.model.dimension)
+        self.store.ensure_collection(
+            target.collection,
+            target.model.dimension,
+            inference_url=self.settings.inference.url_for(target.model.spec.name),
+        )
 
     async def _first_pass(self, job: Job, kafka: Clients, tps: list[TopicPartition]) -> Job:
         # Every embedder refreshes its job view before each live batch: once RUNNING is on the

@@ -62,6 +62,14 @@ class LocalWeaviate:
             "PERSISTENCE_DATA_PATH": str(self.data_dir),
             **self._authentication(),
             "DEFAULT_VECTORIZER_MODULE": "none",
+            # nearText and hybrid embed through each collection's own inferenceUrl (its model
+            # version's `streamproc serve`); the module also needs a default, the active
+            # model's, and must not wait at start-up for an endpoint that may start later.
+            "ENABLE_MODULES": "text2vec-transformers",
+            "TRANSFORMERS_INFERENCE_API": self.settings.inference.url_for(
+                self.settings.active_model
+            ),
+            "TRANSFORMERS_WAIT_FOR_STARTUP": "false",
             # A write to a retired collection must fail, not quietly create it again.
             "AUTOSCHEMA_ENABLED": "false",
             "CLUSTER_HOSTNAME": "node1",

@@ -502,10 +502,14 @@ class Embedder:
         heading_vectors: dict[str, Any],
     ) -> ChunkObject:
         spec = target.model.spec
-        vectors: dict[str, Sequence[float]] = {CONTENT_VECTOR: vector}
         heading = heading_text(chunk["heading_path"])
-        if heading:
-            vectors[HEADING_VECTOR] = heading_vectors[heading].tolist()
+        # A chunk without a heading gets its content vector as heading vector: every object
+        # then has both, so a multi-target search ranks it, and Weaviate (whose collections
+        # name a vectorizer) never embeds a missing vector itself.
+        vectors: dict[str, Sequence[float]] = {
+            CONTENT_VECTOR: vector,
+            HEADING_VECTOR: heading_vectors[heading].tolist() if heading else vector,
+        }
         return ChunkObject(
             uuid=object_uuid(chunk["chunk_key"]),
             tenant=chunk["tenant"],
@@ -520,8 +524,9 @@ class Embedder:
                 "char_count": chunk["char_count"],
                 "token_count": self._tokens(target.model, chunk),
                 "truncated": chunk["truncated"],
+                "model_name": spec.name,
                 "model_id": spec.source,
-                "model_revision": spec.revision or "",
+                "model_revision": target.model.revision or spec.revision or "",
                 "model_version": spec.version,
                 "policy_version": chunk["policy_version"],
                 "source_uri": chunk["source_uri"] or "",

@@ -20,6 +20,7 @@ PORTS = {
     "data": 27947,
     "raft": 28300,
     "raft_rpc": 28301,
+    "inference": 28090,
 }
 
 

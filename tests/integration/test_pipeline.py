@@ -37,7 +37,9 @@ MAX_CHUNKS = 150
 
 @pytest.fixture(scope="module")
 def pipeline(
-    service_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    service_settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+    inference_endpoint: Settings,
 ) -> Iterator[Settings]:
     base = tmp_path_factory.mktemp("pipeline")
     second = projected_model(service_settings.local.cache_dir)

@@ -63,7 +63,9 @@ def live_hashes(settings: Settings) -> dict[UUID, str]:
 
 @pytest.fixture(scope="module")
 def rotation(
-    service_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    service_settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+    inference_endpoint: Settings,
 ) -> Iterator[Settings]:
     base = tmp_path_factory.mktemp("rotation")
     second = projected_model(service_settings.local.cache_dir)

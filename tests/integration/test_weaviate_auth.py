@@ -42,7 +42,9 @@ def _with_key(settings: Settings, key: str | None) -> Settings:
 
 @pytest.fixture(scope="module")
 def keyed(
-    service_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    service_settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+    inference_endpoint: Settings,
 ) -> Iterator[Settings]:
     """Isolated settings whose Weaviate takes only `KEY` (Kafka: the tests' own)."""
     http, grpc, gossip, data_port, raft, rpc = free_ports(6)
