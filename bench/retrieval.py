@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -45,11 +47,12 @@ from weaviate.collections import Collection
 from bench.pipeline import _percentile, machine
 from streamproc.backfill.quality import Query, derive_queries, sample_queries, score
 from streamproc.errors import PermanentError
+from streamproc.inference.process import serving
 from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.pipeline.chunker import Chunker
 from streamproc.pipeline.embedder import Embedder, Target
-from streamproc.settings import REPO_ROOT, Settings
+from streamproc.settings import REPO_ROOT, Settings, child_env
 from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, WeaviateStore, connect
 from streamproc.workers import background_pacing, splitter_for
 
@@ -60,6 +63,7 @@ K = 10
 VARIANTS = {"main": True, "whole": False}  # name -> chunking.html_main_content
 EMBED_SLICE = 256
 SEED = "retrieval-bench"
+CLI_QUERIES = 20  # each one a new Python process
 # What bm25 reads, as `streamproc search` does: not the ids, file names and model fields that
 # are text properties too ("sql-truncate.html" would answer "TRUNCATE").
 KEYWORD_PROPERTIES = ["text", "heading_path"]
@@ -105,6 +109,17 @@ def _hybrid(target: Any) -> Search:
     return search
 
 
+def _near_text(target: Any) -> Search:
+    def search(collection: Collection[Any, Any], text: str, _vector: Sequence[float]) -> list[str]:
+        return _keys(
+            collection.query.near_text(
+                text, target_vector=target, limit=K, return_properties=["chunk_key"]
+            )
+        )
+
+    return search
+
+
 def _keyword(collection: Collection[Any, Any], text: str, _vector: Sequence[float]) -> list[str]:
     return _keys(
         collection.query.bm25(
@@ -124,6 +139,10 @@ MODES: dict[str, Search] = {
     "hybrid (bm25 + content)": _hybrid(CONTENT_VECTOR),
     "hybrid (bm25 + content+heading average)": _hybrid(TargetVectors.average(BOTH)),
     "keyword (bm25)": _keyword,
+    # The same searches with the query embedded by Weaviate through `streamproc serve`: the
+    # endpoint runs the embedder's model code, so the figures must match the nearVector ones.
+    "content (nearText via the endpoint)": _near_text(CONTENT_VECTOR),
+    "content+heading average (nearText via the endpoint)": _near_text(TargetVectors.average(BOTH)),
 }
 
 
@@ -200,7 +219,9 @@ def embed(
     requests: list[dict[str, Any]],
 ) -> float:
     """Write the requests into `collection` through the embedder; returns chunks a second."""
-    store.ensure_collection(collection, model.dimension)
+    store.ensure_collection(
+        collection, model.dimension, inference_url=settings.inference.url_for(model.spec.name)
+    )
     embedder = Embedder(
         [Target(model, collection)], store, settings.embedder, background_pacing(settings)
     )
@@ -276,6 +297,16 @@ def _sections(requests: list[dict[str, Any]]) -> dict[tuple[str, tuple[str, ...]
     return sections
 
 
+def _cli_search(settings: Settings, text: str) -> None:
+    """One `streamproc search` as a user runs it: a new process, its defaults."""
+    subprocess.run(
+        [sys.executable, "-m", "streamproc", "search", text, "--tenant", TENANT],
+        env={**os.environ, **child_env(settings)},
+        check=True,
+        capture_output=True,
+    )
+
+
 @contextmanager
 def local_weaviate(settings: Settings, manage: bool) -> Iterator[None]:
     """Start the local Weaviate unless it runs (or the run is external); stop what we started."""
@@ -312,7 +343,7 @@ def main(
     html = provision_corpus(base.local.cache_dir, package)
     with tempfile.TemporaryDirectory() as tmp, local_weaviate(base, manage=not external):
         settings = base.isolated(Path(tmp) / "worker")
-        results = _run(settings, html, package, max_chunks, max_queries)
+        results = _run(settings, html, package, max_chunks, max_queries, Path(tmp))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     typer.echo(json.dumps(results["summary"], indent=2))
@@ -320,7 +351,7 @@ def main(
 
 
 def _run(
-    settings: Settings, html: Path, package: str, max_chunks: int, max_queries: int
+    settings: Settings, html: Path, package: str, max_chunks: int, max_queries: int, log_dir: Path
 ) -> dict[str, Any]:
     splitter = splitter_for(settings)
     chunkers = {
@@ -340,7 +371,10 @@ def _run(
     model = load_model(settings.model(settings.active_model), settings.embedder.device)
     vectors = model.encode([q.text for q in queries]).tolist()
     variants: dict[str, Any] = {}
-    with connect(settings.weaviate) as client:
+    with (
+        serving(settings, [settings.active_model], log_dir / "serve.log"),
+        connect(settings.weaviate) as client,
+    ):
         store = WeaviateStore(client)
         try:
             for name, reqs in requests.items():
@@ -358,12 +392,24 @@ def _run(
                     "embed_chunks_per_s": round(rate, 1),
                     "modes": evaluate(collection, asked, vectors),
                 }
-            serving = store.collection(
-                f"{settings.weaviate.collection_prefix}_retrieval_main", TENANT
-            )
-            latency = measure_latency(
-                lambda text: _near(CONTENT_VECTOR)(serving, text, model.encode([text])[0]),
-                [q.text for q in queries[:200]],
+            main_collection = f"{settings.weaviate.collection_prefix}_retrieval_main"
+            served = store.collection(main_collection, TENANT)
+            texts = [q.text for q in queries[:200]]
+            latency = {
+                "embed_in_process_plus_near_vector": measure_latency(
+                    lambda text: _near(CONTENT_VECTOR)(served, text, model.encode([text])[0]),
+                    texts,
+                ),
+                "near_text_content": measure_latency(
+                    lambda text: _near_text(CONTENT_VECTOR)(served, text, ()), texts
+                ),
+                "near_text_content_heading_average": measure_latency(
+                    lambda text: _near_text(TargetVectors.average(BOTH))(served, text, ()), texts
+                ),
+            }
+            store.point_alias(settings.weaviate.collection_prefix, main_collection)
+            latency["streamproc_search_cli"] = measure_latency(
+                lambda text: _cli_search(settings, text), texts[:CLI_QUERIES]
             )
         finally:
             for name in requests:
@@ -383,9 +429,7 @@ def _run(
         "k": K,
         "queries": {"total": len(queries), "derived": len(derived), **kinds},
         "variants": variants,
-        "query_latency": {
-            "embed_in_process_plus_near_vector": latency,
-        },
+        "query_latency": latency,
         "summary": {
             name: {
                 mode: f"recall@{K} {f['recall']:.3f}, MRR {f['mrr']:.3f}"
