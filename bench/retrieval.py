@@ -412,6 +412,7 @@ def _run(
                 lambda text: _cli_search(settings, text), texts[:CLI_QUERIES]
             )
         finally:
+            client.alias.delete(alias_name=settings.weaviate.collection_prefix)
             for name in requests:
                 client.collections.delete(f"{settings.weaviate.collection_prefix}_retrieval_{name}")
 
