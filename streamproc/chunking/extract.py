@@ -140,7 +140,7 @@ def _is_furniture(element: lxml.html.HtmlElement) -> bool:
     tag = element.tag.lower()
     if tag in _FURNITURE_TAGS:
         return True
-    if tag == "header" and not any(e.tag in _HEADING_TAGS for e in element.iter()):
+    if tag == "header" and not _has_heading(element):
         return True
     if element.get("role", "").lower() in _FURNITURE_ROLES:
         return True
@@ -155,10 +155,14 @@ def _is_furniture(element: lxml.html.HtmlElement) -> bool:
     words = set(_WORD.findall(f"{element.get('class', '')} {element.get('id', '')}".lower()))
     if words & _FURNITURE_WORDS:
         return True
-    if tag in _LINE_TAGS:
+    if tag in _LINE_TAGS and not _has_heading(element):
         text = element.text_content()
         return len(text.strip()) <= _COPYRIGHT_MAX_CHARS and bool(_COPYRIGHT.match(text))
     return False
+
+
+def _has_heading(element: lxml.html.HtmlElement) -> bool:
+    return any(e.tag in _HEADING_TAGS for e in element.iter())
 
 
 def _markdown_sections(markdown: str) -> list[Section]:

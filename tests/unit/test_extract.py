@@ -106,10 +106,17 @@ def test_generic_page_keeps_the_article_and_its_own_header() -> None:
     ]
 
 
-def test_copyright_prose_stays() -> None:
+def test_copyright_prose_and_sections_stay() -> None:
     prose = "Copyright law " + "protects original works of authorship. " * 8
-    html = f"<html><body><h1>Licences</h1><p>{prose}</p><p>© 2026 Example</p></body></html>"
-    assert _text(extract_sections(html, "text/html")) == prose.strip()
+    html = (
+        f"<html><body><h1>Licences</h1><p>{prose}</p><p>© 2026 Example</p>"
+        "<div><h2>Copyright</h2><p>Ours.</p></div></body></html>"
+    )
+    sections = extract_sections(html, "text/html")
+    assert [(s.heading_path, s.blocks) for s in sections] == [
+        (("Licences",), (prose.strip(),)),
+        (("Licences", "Copyright"), ("Ours.",)),
+    ]
 
 
 @pytest.mark.parametrize("name", ["go_mem.html", "asm.html"])
