@@ -159,6 +159,9 @@ class ChunkingSettings(BaseModel):
     overlap_tokens: int = 32
     max_document_bytes: int = 8 * 1024 * 1024
     max_chunks_per_document: int = 2000
+    # HTML pages keep only their main content (no navigation, sidebars, footers); false keeps
+    # whole pages, for sites whose markup the boilerplate rules misread.
+    html_main_content: bool = True
 
 
 class SourceSettings(BaseModel):

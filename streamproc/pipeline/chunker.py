@@ -70,7 +70,9 @@ class Chunker:
         text = decode_text(data)
         if not text.strip():
             raise PermanentError("document has no text", reason="empty")
-        sections = extract_sections(text, event["content_type"])
+        sections = extract_sections(
+            text, event["content_type"], main_content=self.settings.html_main_content
+        )
         # Every section with text gives at least one chunk: refused before the costly split
         # (100,000 one-word sections took seconds to split only to be refused).
         self._check_chunk_count(sum(any(b.strip() for b in s.blocks) for s in sections))

@@ -76,3 +76,20 @@ def test_state_round_trips_and_reads_the_format_without_versions() -> None:
     assert DocumentState.from_json(state.to_json()) == state
     legacy = DocumentState.from_json('{"t/d/p1/0": "abc"}')
     assert legacy == DocumentState(None, {"t/d/p1/0": "abc"})
+
+
+def test_html_main_content_setting_decides_whether_page_furniture_is_chunked() -> None:
+    page = (
+        "<html><body><div class='navheader'>Prev Up Home Next</div>"
+        "<h1>Keys</h1><p>Keys rotate every 90 days.</p>"
+        "<div class='navfooter'>Prev Up Home Next</div></body></html>"
+    )
+    event = _event(content=page, content_type="text/html")
+
+    def texts(main_content: bool) -> list[str]:
+        settings = SETTINGS.chunking.model_copy(update={"html_main_content": main_content})
+        out = Chunker(settings, splitter_for(SETTINGS)).process(event, None, T0)
+        return [r["chunk"]["text"] for r in out.embed_requests]
+
+    assert texts(True) == ["Keys rotate every 90 days."]
+    assert "Prev Up Home Next" in "\n".join(texts(False))
