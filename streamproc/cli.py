@@ -482,6 +482,14 @@ def alias_promote(
         str | None, typer.Option(help="Default: the newest completed backfill's collection")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Or name the model instead")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Flip even though the candidate's sampled recall@10 is lower than the serving "
+            "collection's by more than backfill.max_recall_drop (no other check can be forced)",
+        ),
+    ] = False,
 ) -> None:
     """Verify a collection and flip the alias to it; refuses, alias untouched, on failure."""
     from streamproc.backfill.alias import VerificationFailed, default_promotion_target, promote
@@ -492,13 +500,20 @@ def alias_promote(
             collection = settings.collection_for(settings.model(model))
         target = collection or default_promotion_target(settings)
         typer.echo(f"verifying {target}")
-        report, previous = promote(settings, target)
+        report, previous = promote(settings, target, force=force)
     except VerificationFailed as exc:
         _print_verification(exc.report.lines())
+        if exc.forcible:
+            typer.echo(
+                "only the retrieval quality check failed: `streamproc alias promote --force` "
+                "flips anyway"
+            )
         raise _fail(exc) from exc
     except (StreamprocError, KeyError) as exc:
         raise _fail(exc) from exc
     _print_verification(report.lines())
+    if not report.ok:
+        typer.echo("forced past the retrieval quality check")
     typer.echo(f"alias {settings.weaviate.collection_prefix}: {previous} -> {target}")
 
 

@@ -233,6 +233,15 @@ class BackfillSettings(BaseModel):
     # Verification before a flip: chunks sampled, and the share that must find themselves first.
     verify_sample_size: int = Field(default=50, ge=1)
     min_self_retrieval: float = Field(default=0.95, ge=0, le=1)
+    # The quality gate: recall@10 of the candidate and of the serving collection on the same
+    # queries derived from the candidate's chunks (section titles, first sentences; see
+    # backfill/quality.py), drawn with a fixed seed so a refusal repeats. A flip that loses more
+    # than `max_recall_drop` is refused unless forced. Per-query recall spreads about 0.3, so
+    # over 200 queries a mean moves about 0.02 with the sample; both collections answer the
+    # same queries, which makes their difference steadier than that.
+    quality_sample_size: int = Field(default=200, ge=1)
+    quality_sample_seed: int = 0
+    max_recall_drop: float = Field(default=0.02, ge=0, le=1)
 
 
 class WorkerSettings(BaseModel):

@@ -322,6 +322,10 @@ class WeaviateStore:
                     return len(vector)
         return None
 
+    def vector_names(self, name: str) -> set[str]:
+        """The named vectors the collection was created with (no `heading` on older ones)."""
+        return set(self.client.collections.get(name).config.get().vector_config or {})
+
     @contextmanager
     def _edge(self, name: str) -> Iterator[None]:
         """Client errors on the data path raised as streamproc's (`mapped_error`); one that

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.commands import read_jobs, send_retire, wait_for, wait_for_retire_acks
 from streamproc.backfill.jobs import live_writer, now, writes_collection
-from streamproc.backfill.verification import Verification, verify_collection_for_flip
+from streamproc.backfill.verification import (
+    QUALITY_CHECK,
+    Verification,
+    verify_collection_for_flip,
+)
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import producer, read_to_end
 from streamproc.models import EmbeddingModel
@@ -28,6 +32,11 @@ class VerificationFailed(StreamprocError):
         failed = "; ".join(f"{c.name}: {c.detail}" for c in report.failures)
         super().__init__(f"refusing to flip the alias to {report.collection}: {failed}")
         self.report = report
+
+    @property
+    def forcible(self) -> bool:
+        """Only the retrieval quality failed: `force` would flip."""
+        return {c.name for c in self.report.failures} == {QUALITY_CHECK}
 
 
 async def _record(settings: Settings, change: dict[str, object]) -> None:
@@ -72,13 +81,23 @@ def _flip(settings: Settings, target: str, action: str, report: str | None) -> s
 
 
 def promote(
-    settings: Settings, collection: str, model: EmbeddingModel | None = None
+    settings: Settings,
+    collection: str,
+    model: EmbeddingModel | None = None,
+    *,
+    force: bool = False,
 ) -> tuple[Verification, str | None]:
-    """Verify `collection`, then point the alias at it; refuses (alias untouched) on failure."""
+    """Verify `collection`, then point the alias at it; refuses (alias untouched) on failure.
+
+    `force` accepts a failed retrieval quality check, and nothing else: a collection that
+    misses chunks or holds stale ones is never served. The flip's record says it was forced."""
     report = verify_collection_for_flip(settings, collection, model)
-    if not report.ok:
+    if any(c.name != QUALITY_CHECK or not force for c in report.failures):
         raise VerificationFailed(report)
-    return report, _flip(settings, collection, "PROMOTE", report.summary())
+    summary = report.summary()
+    if not report.ok:
+        summary = f"FORCED past the {QUALITY_CHECK} check: {summary}"
+    return report, _flip(settings, collection, "PROMOTE", summary)
 
 
 def default_promotion_target(settings: Settings) -> str:

@@ -1,11 +1,12 @@
 """The checks before an alias flip: something keeps the collection fresh, per tenant the key
 set and text hashes against the chunk topic's live chunks, a sample held in its live version
-(hash and `ingested_at`), the vector dimension against the model, and chunks that must find
-themselves first."""
+(hash and `ingested_at`), the vector dimension against the model, chunks that must find
+themselves first, and a retrieval quality not worse than the serving collection's."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,13 +18,20 @@ from weaviate.classes.query import MetadataQuery
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.commands import read_jobs
 from streamproc.backfill.jobs import Job, live_writer
+from streamproc.backfill.quality import Scores, derive_queries, sample_queries
+from streamproc.backfill.recall import measure
 from streamproc.backfill.replay import in_scope
+from streamproc.errors import StreamprocError
 from streamproc.kafka_io import live_chunks
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import object_uuid, weaviate_tenant
 from streamproc.settings import Settings
 from streamproc.verify import EXAMPLES, TenantReport, compare_collection
 from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
+
+log = logging.getLogger(__name__)
+
+QUALITY_CHECK = "retrieval quality"
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,34 @@ def self_retrieval_check(hits: int, sampled: int, threshold: float) -> Check:
     )
 
 
+def quality_check(
+    candidate: Scores, serving: str | None, served: Scores | None, max_drop: float
+) -> Check:
+    """The candidate's recall@k against the serving collection's on the same queries: a drop
+    of more than `max_drop` fails (a failure `alias promote --force` may override)."""
+    figures = f"recall@{candidate.k} {candidate.recall:.3f} (MRR {candidate.mrr:.3f})"
+    queries = f"{candidate.queries} queries sampled from its chunks"
+    if candidate.queries == 0:
+        return Check(QUALITY_CHECK, True, "no query could be derived from its chunks")
+    if serving is None or served is None:
+        return Check(QUALITY_CHECK, True, f"{figures} on {queries}; no other collection serves")
+    # The figures as printed decide, so the verdict can be checked from the report; rounded
+    # again after the subtraction, whose float error would make 0.850 - 0.830 exceed 0.02.
+    drop = round(round(served.recall, 3) - round(candidate.recall, 3), 9)
+    detail = (
+        f"{figures} against {served.recall:.3f} (MRR {served.mrr:.3f}) for the serving "
+        f"{serving}, on the same {queries}: "
+    )
+    if drop <= max_drop:
+        return Check(QUALITY_CHECK, True, detail + f"within backfill.max_recall_drop {max_drop}")
+    return Check(
+        QUALITY_CHECK,
+        False,
+        detail + f"a drop of {drop:.3f}, more than backfill.max_recall_drop {max_drop} "
+        "(`alias promote --force` flips anyway)",
+    )
+
+
 def sample_keys(collection: str, keys: Iterable[str], size: int) -> list[str]:
     """The live chunks sampled for `collection`: the same ones on every run over the same
     keys, so a refused flip is refused again for the same reason."""
@@ -159,7 +195,49 @@ def verify_collection_for_flip(
             for record, vector in zip(sample, vectors, strict=True)
         )
         checks.append(self_retrieval_check(hits, len(sample), settings.backfill.min_self_retrieval))
+        checks.append(_quality(settings, store, collection, model, records.values()))
     return Verification(collection, checks)
+
+
+def _quality(
+    settings: Settings,
+    store: WeaviateStore,
+    collection: str,
+    model: EmbeddingModel,
+    records: Iterable[Mapping[str, Any]],
+) -> Check:
+    """Queries from the chunks the candidate must hold (the key checks say whether it holds
+    exactly them), searched in it and in the serving collection, each with its own model."""
+    config = settings.backfill
+    queries = sample_queries(
+        derive_queries(records), config.quality_sample_size, config.quality_sample_seed
+    )
+    candidate = measure(store, collection, model, queries)
+    serving = store.alias_target(settings.weaviate.collection_prefix)
+    served: Scores | None = None
+    if serving == collection:
+        serving = None
+    elif serving is not None:
+        try:
+            spec = settings.model_for_collection(serving)
+        except StreamprocError as exc:
+            return Check(QUALITY_CHECK, False, f"cannot measure the serving {serving}: {exc}")
+        served = measure(store, serving, load_model(spec, settings.embedder.device), queries)
+    check = quality_check(candidate, serving, served, config.max_recall_drop)
+    # Figures only: the queries are document text.
+    log.info(
+        "retrieval quality",
+        extra={
+            "collection": collection,
+            "serving": serving,
+            "queries": candidate.queries,
+            "recall": round(candidate.recall, 4),
+            "serving_recall": None if served is None else round(served.recall, 4),
+            "max_recall_drop": config.max_recall_drop,
+            "ok": check.ok,
+        },
+    )
+    return check
 
 
 def _held(

@@ -1,12 +1,15 @@
-"""Self-supervised retrieval queries and their scores: what a section asks, what is skipped."""
+"""Self-supervised retrieval queries and their scores: what a section asks, what is skipped,
+and the quality gate's verdict on two collections' figures."""
 
 from __future__ import annotations
 
 import pytest
+from weaviate.collections.classes.grpc import _MultiTargetVectorJoin, _MultiTargetVectorJoinEnum
 
 from streamproc.backfill.quality import (
     MAX_SENTENCE_WORDS,
     Query,
+    Scores,
     derive_queries,
     recall_at_k,
     reciprocal_rank,
@@ -15,6 +18,9 @@ from streamproc.backfill.quality import (
     sentence_query,
     title_query,
 )
+from streamproc.backfill.recall import target_vectors
+from streamproc.backfill.verification import QUALITY_CHECK, quality_check
+from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR
 
 
 def chunk(doc: str, index: int, path: tuple[str, ...], text: str, tenant: str = "t1") -> dict:
@@ -167,3 +173,43 @@ def test_scores_are_the_means_over_the_queries() -> None:
     assert scores.recall == pytest.approx((0.5 + 0.0) / 2)
     assert scores.mrr == pytest.approx((1.0 + 1 / 3) / 2)
     assert score([], k=10).recall == 0.0
+
+
+def test_the_gate_passes_a_drop_within_the_setting_and_names_both_figures() -> None:
+    candidate = Scores(queries=40, k=10, recall=0.83, mrr=0.8)
+    check = quality_check(candidate, "C_old_v1", Scores(40, 10, 0.85, 0.9), max_drop=0.02)
+    assert check.ok and check.name == QUALITY_CHECK
+    assert "recall@10 0.830 (MRR 0.800) against 0.850 (MRR 0.900) for the serving C_old_v1" in (
+        check.detail
+    )
+    assert "40 queries" in check.detail and "backfill.max_recall_drop 0.02" in check.detail
+    assert quality_check(candidate, "C_old_v1", Scores(40, 10, 0.7, 0.7), max_drop=0.0).ok
+    # The printed figures decide: 0.8504 and 0.8296 print as 0.850 and 0.830.
+    close = quality_check(
+        Scores(40, 10, 0.8296, 0.8), "C_old_v1", Scores(40, 10, 0.8504, 0.9), max_drop=0.02
+    )
+    assert close.ok, close.detail
+
+
+def test_the_gate_fails_a_larger_drop_and_says_how_to_force() -> None:
+    check = quality_check(
+        Scores(40, 10, 0.80, 0.8), "C_old_v1", Scores(40, 10, 0.85, 0.9), max_drop=0.02
+    )
+    assert not check.ok
+    assert "a drop of 0.050, more than backfill.max_recall_drop 0.02" in check.detail
+    assert "--force" in check.detail
+
+
+def test_the_gate_has_nothing_to_compare_without_another_serving_collection_or_queries() -> None:
+    alone = quality_check(Scores(40, 10, 0.5, 0.5), None, None, max_drop=0.02)
+    assert alone.ok and "recall@10 0.500" in alone.detail and "no other collection" in alone.detail
+    empty = quality_check(Scores(0, 10, 0.0, 0.0), "C_old_v1", None, max_drop=0.02)
+    assert empty.ok and "no query" in empty.detail
+
+
+def test_retrieval_averages_content_and_heading_where_a_collection_has_both() -> None:
+    both = target_vectors({CONTENT_VECTOR, HEADING_VECTOR})
+    assert isinstance(both, _MultiTargetVectorJoin)
+    assert both.combination == _MultiTargetVectorJoinEnum.AVERAGE
+    assert both.target_vectors == [CONTENT_VECTOR, HEADING_VECTOR]
+    assert target_vectors({CONTENT_VECTOR}) == CONTENT_VECTOR

@@ -1,0 +1,59 @@
+"""A collection's recall on self-derived queries, measured through Weaviate: each query is
+embedded by the collection's own model and searched on its named vectors as they serve."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+from weaviate.classes.query import TargetVectors
+from weaviate.collections.classes.grpc import TargetVectorJoinType
+
+from streamproc.backfill.quality import Query, Scores, score
+from streamproc.models import EmbeddingModel
+from streamproc.naming import weaviate_tenant
+from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, WeaviateStore
+
+K = 10
+
+
+def target_vectors(names: Collection[str]) -> TargetVectorJoinType:
+    """Content and heading vectors, their distances averaged, where the collection has both;
+    content alone in one created without a heading vector.
+
+    Weaviate leaves out of a multi-target search the objects that lack one of the targets:
+    here the chunks of a document without headings, which have no heading vector."""
+    if HEADING_VECTOR in names:
+        return TargetVectors.average([CONTENT_VECTOR, HEADING_VECTOR])
+    return CONTENT_VECTOR
+
+
+def measure(
+    store: WeaviateStore,
+    collection: str,
+    model: EmbeddingModel,
+    queries: Sequence[Query],
+    k: int = K,
+) -> Scores:
+    """Recall@k and MRR of `collection` on `queries`, each searched in its own tenant; a tenant
+    the collection does not hold finds nothing."""
+    targets = target_vectors(store.vector_names(collection))
+    tenants = set(store.tenants(collection))
+    vectors = model.encode([q.text for q in queries]) if queries else []
+    results = []
+    for query, vector in zip(queries, vectors, strict=True):
+        tenant = weaviate_tenant(query.tenant)
+        ranked: list[str] = []
+        if tenant in tenants:
+            response = (
+                store.client.collections.get(collection)
+                .with_tenant(tenant)
+                .query.near_vector(
+                    vector.tolist(),
+                    target_vector=targets,
+                    limit=k,
+                    return_properties=["chunk_key"],
+                )
+            )
+            ranked = [str(o.properties["chunk_key"]) for o in response.objects]
+        results.append((query, ranked))
+    return score(results, k)
