@@ -206,9 +206,10 @@ def test_the_cli_searches_in_every_mode_without_torch_or_weaviate_client(
     # speaks GraphQL over httpx, so nothing imports weaviate-client (1.7 s of import) either.
     probe = (
         "import sys\n"
-        "from streamproc.cli import app\n"
+        "from streamproc.cli import main\n"
+        f"sys.argv = ['streamproc', 'search', {QUERY!r}, '--tenant', {TENANT!r}]\n"
         "try:\n"
-        f"    app(['search', {QUERY!r}, '--tenant', {TENANT!r}])\n"
+        "    main()\n"
         "except SystemExit as exc:\n"
         "    assert not exc.code, exc.code\n"
         "print('loaded:', sorted(m for m in ('torch', 'sentence_transformers', 'weaviate', "
