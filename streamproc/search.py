@@ -11,8 +11,8 @@ corpus, recall@10 was 0.89 for the average, 0.90 for the heading vector alone an
 content vector alone (issue 14). The average keeps the content vector's say for queries that
 are not section titles.
 
-It speaks GraphQL and REST over httpx (`weaviate_http`), not through weaviate-client, whose
-import alone took 1.7 s of a 2.7 s `streamproc search`.
+It speaks GraphQL and REST over the standard library (`weaviate_http`), not through
+weaviate-client, whose import alone took 1.7 s of a 2.7 s `streamproc search`.
 """
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ def test_the_cli_searches_in_every_mode_without_torch_or_weaviate_client(
     assert "content+heading (weights)" in fused.stdout
 
     # The command's own process: Weaviate embeds the query, so nothing here imports torch; it
-    # speaks GraphQL over httpx, so nothing imports weaviate-client (1.7 s of import) either.
+    # speaks GraphQL over http.client, so nothing imports weaviate-client (1.7 s) or httpx.
     probe = (
         "import sys\n"
         "from streamproc.cli import main\n"
@@ -213,7 +213,7 @@ def test_the_cli_searches_in_every_mode_without_torch_or_weaviate_client(
         "except SystemExit as exc:\n"
         "    assert not exc.code, exc.code\n"
         "print('loaded:', sorted(m for m in ('torch', 'sentence_transformers', 'weaviate', "
-        "'grpc', 'faust') if m in sys.modules))\n"
+        "'grpc', 'faust', 'httpx') if m in sys.modules))\n"
     )
     ran = subprocess.run(
         [sys.executable, "-c", probe],
