@@ -142,7 +142,7 @@ def _literal(value: str | list[str]) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def query_endpoint(schema: Mapping[str, Any], vector: str = CONTENT_VECTOR) -> str | None:
+def endpoint_in_schema(schema: Mapping[str, Any], vector: str = CONTENT_VECTOR) -> str | None:
     """The endpoint a collection's named vector embeds queries with, from its REST schema."""
     config = (schema.get("vectorConfig") or {}).get(vector) or {}
     module = (config.get("vectorizer") or {}).get(VECTORIZER)
@@ -197,7 +197,7 @@ def search_alias(
         collection = str(found["class"])
         if mode is not Mode.KEYWORD:
             schema = weaviate.get(f"/schema/{collection}") or {}
-            if query_endpoint(schema) is None:
+            if endpoint_in_schema(schema) is None:
                 raise StreamprocError(
                     f"{collection} was created before collections named their model's endpoint, "
                     "so Weaviate cannot embed a query for it: use --mode keyword, or move it over "

@@ -1,4 +1,4 @@
-"""`streamproc search`'s pure parts: multi-target joins, weights, snippets."""
+"""`streamproc search`'s pure parts: multi-target joins, weights, the GraphQL query, snippets."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from streamproc.errors import StreamprocError
 from streamproc.search import (
     Fusion,
     Mode,
+    endpoint_in_schema,
     graphql_query,
     parse_weights,
-    query_endpoint,
     snippet,
     target_vectors,
 )
@@ -61,9 +61,9 @@ def test_the_query_endpoint_comes_from_the_rest_schema() -> None:
         }
     }
     made_before = {"vectorConfig": {"content": {"vectorizer": {"none": {}}}}}
-    assert query_endpoint(made_now) == "http://m/a"
-    assert query_endpoint(made_before) is None
-    assert query_endpoint({}) is None
+    assert endpoint_in_schema(made_now) == "http://m/a"
+    assert endpoint_in_schema(made_before) is None
+    assert endpoint_in_schema({}) is None
 
 
 def test_weights_parse_and_refuse_garbage() -> None:
