@@ -32,6 +32,11 @@ def model_slug(model_name: str) -> str:
     return slug
 
 
+# The named vectors of every collection: the chunk text, and the heading path.
+CONTENT_VECTOR = "content"
+HEADING_VECTOR = "heading"
+
+
 def collection_name(prefix: str, model_name: str, version: str) -> str:
     """`{Prefix}_{model_slug}_{version}`, e.g. `Chunk_all_minilm_l6_v2_v1`."""
     if not prefix or not prefix[0].isupper():

@@ -39,11 +39,9 @@ from streamproc.errors import (
     StreamprocError,
     TransientError,
 )
-from streamproc.naming import weaviate_tenant
+from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR, weaviate_tenant
 from streamproc.settings import WeaviateSettings
-
-CONTENT_VECTOR = "content"
-HEADING_VECTOR = "heading"
+from streamproc.weaviate_http import refused_key
 
 # Every object's properties (DESIGN.md section 2).
 PROPERTIES = [
@@ -223,21 +221,12 @@ def connect(settings: WeaviateSettings) -> Iterator[weaviate.WeaviateClient]:
     except WeaviateBaseError as exc:
         # Connecting reads the server's metadata, which needs the key: a refused key shows here.
         if isinstance(exc, UnexpectedStatusCodeError) and exc.status_code in (401, 403):
-            raise _refused_key(settings, exc.status_code) from None
+            raise refused_key(settings, exc.status_code) from None
         raise TransientError(f"cannot connect to Weaviate at {settings.http_url}: {exc}") from exc
     try:
         yield client
     finally:
         client.close()
-
-
-def _refused_key(settings: WeaviateSettings, status: int) -> ConfigurationError:
-    problem = (
-        "refused the API key in STREAMPROC_WEAVIATE__API_KEY"
-        if settings.api_key
-        else "needs an API key: set STREAMPROC_WEAVIATE__API_KEY"
-    )
-    return ConfigurationError(f"Weaviate at {settings.http_url} {problem} (HTTP {status})")
 
 
 class WeaviateStore:

@@ -1,7 +1,7 @@
 """Search through Weaviate itself, against real Kafka, Weaviate and `streamproc serve`: GraphQL
 nearText on the alias embedded by the endpoint of the served collection's model, before a flip,
 after `alias promote` and after `alias rollback`; hybrid and BM25; `streamproc search` in every
-mode without torch; and collections made before this change."""
+mode without torch or weaviate-client; and collections made before this change."""
 
 from __future__ import annotations
 
@@ -174,9 +174,14 @@ def test_hybrid_and_keyword_through_weaviate(searchable: Settings) -> None:
         update={"embedder": settings.embedder.model_copy(update={"pii_mode": True})}
     )
     assert all(h.snippet == "" for h in search_alias(pii, QUERY, TENANT, 5).hits)
+    # Weaviate's GraphQL error for a tenant it does not know becomes a clear StreamprocError.
+    with pytest.raises(StreamprocError, match="tenant nobody has nothing in"):
+        search_alias(settings, QUERY, "nobody", 5)
 
 
-def test_the_cli_searches_in_every_mode_without_loading_torch(searchable: Settings) -> None:
+def test_the_cli_searches_in_every_mode_without_torch_or_weaviate_client(
+    searchable: Settings,
+) -> None:
     for mode in ("vector", "hybrid", "keyword"):
         searched = cli(searchable, "search", QUERY, "--tenant", TENANT, "--mode", mode)
         assert searched.returncode == 0, searched.stderr[-3000:]
@@ -197,15 +202,18 @@ def test_the_cli_searches_in_every_mode_without_loading_torch(searchable: Settin
     assert fused.returncode == 0, fused.stderr[-3000:]
     assert "content+heading (weights)" in fused.stdout
 
-    # The command's own process: Weaviate embeds the query, nothing here imports torch.
+    # The command's own process: Weaviate embeds the query, so nothing here imports torch; it
+    # speaks GraphQL over http.client, so nothing imports weaviate-client (1.7 s) or httpx.
     probe = (
         "import sys\n"
-        "from streamproc.cli import app\n"
+        "from streamproc.cli import main\n"
+        f"sys.argv = ['streamproc', 'search', {QUERY!r}, '--tenant', {TENANT!r}]\n"
         "try:\n"
-        f"    app(['search', {QUERY!r}, '--tenant', {TENANT!r}])\n"
+        "    main()\n"
         "except SystemExit as exc:\n"
         "    assert not exc.code, exc.code\n"
-        "print('torch loaded:', 'torch' in sys.modules, 'sentence_transformers' in sys.modules)\n"
+        "print('loaded:', sorted(m for m in ('torch', 'sentence_transformers', 'weaviate', "
+        "'grpc', 'faust', 'httpx') if m in sys.modules))\n"
     )
     ran = subprocess.run(
         [sys.executable, "-c", probe],
@@ -216,7 +224,8 @@ def test_the_cli_searches_in_every_mode_without_loading_torch(searchable: Settin
         check=False,
     )
     assert ran.returncode == 0, ran.stderr[-3000:]
-    assert "torch loaded: False False" in ran.stdout
+    assert "alias " in ran.stdout and " 1. " in ran.stdout
+    assert "loaded: []" in ran.stdout, ran.stdout
 
 
 def test_a_collection_made_before_keeps_working_and_gains_new_properties(
