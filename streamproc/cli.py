@@ -260,7 +260,7 @@ def search(
     mode: Annotated[
         SearchMode,
         typer.Option(help="vector: nearText; hybrid: BM25 + nearText; keyword: BM25"),
-    ] = SearchMode.vector,
+    ] = SearchMode.hybrid,
     targets: Annotated[
         str, typer.Option(help="Named vectors to search, comma-separated: content, heading")
     ] = "content,heading",
@@ -273,8 +273,8 @@ def search(
     ] = None,
 ) -> None:
     """Search through the alias; Weaviate embeds the query with the served collection's model
-    endpoint (`streamproc serve`), so no model is loaded here. Default: content and heading
-    vectors averaged (the best recall measured; see README)."""
+    endpoint (`streamproc serve`), so no model is loaded here. Default: hybrid, BM25 with the
+    content and heading vectors averaged (the best recall measured; see README)."""
     from streamproc.search import Fusion, Mode, parse_weights, search_alias
 
     settings = _settings()

@@ -144,12 +144,13 @@ def _replace_collections_without_endpoint(settings: Settings, models: list[str])
 
 
 def _search(settings: Settings, query: str) -> None:
-    """Through Weaviate: nearText on the alias, embedded by the served collection's endpoint."""
+    """Through Weaviate, as `streamproc search` does: the query embedded by the served
+    collection's endpoint."""
     result = search_alias(settings, query, TENANT, 3)
     typer.echo(f'\nsearch "{query}"')
     typer.echo(
-        f"  via alias {result.alias} -> {result.collection} ({result.model}), nearText on "
-        f"{'+'.join(result.targets)} ({result.fusion.value})"
+        f"  via alias {result.alias} -> {result.collection} ({result.model}), "
+        f"{result.mode.value} on {'+'.join(result.targets)} ({result.fusion.value})"
     )
     for rank, hit in enumerate(result.hits, 1):
         where = " > ".join(hit.heading_path) or "(no heading)"
