@@ -12,6 +12,7 @@ import typer
 
 from streamproc.errors import StreamprocError
 from streamproc.logs import configure_logging, silence_dependency_warnings
+from streamproc.search import DEFAULT_FUSION, DEFAULT_MODE, Fusion, Mode
 from streamproc.settings import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -240,33 +241,21 @@ def verify(
         raise typer.Exit(code=1)
 
 
-class SearchMode(StrEnum):
-    vector = "vector"
-    hybrid = "hybrid"
-    keyword = "keyword"
-
-
-class SearchFusion(StrEnum):
-    average = "average"
-    relative_score = "relative-score"
-    weights = "weights"
-
-
 @app.command("search")
 def search(
     text: Annotated[str, typer.Argument(help="What to look for")],
     tenant: Annotated[str, typer.Option(help="Tenant to search in")] = "default",
     limit: Annotated[int, typer.Option(help="Number of hits")] = 5,
     mode: Annotated[
-        SearchMode,
+        Mode,
         typer.Option(help="vector: nearText; hybrid: BM25 + nearText; keyword: BM25"),
-    ] = SearchMode.hybrid,
+    ] = DEFAULT_MODE,
     targets: Annotated[
         str, typer.Option(help="Named vectors to search, comma-separated: content, heading")
     ] = "content,heading",
     fusion: Annotated[
-        SearchFusion, typer.Option(help="How several targets combine (Weaviate multi-target)")
-    ] = SearchFusion.average,
+        Fusion, typer.Option(help="How several targets combine (Weaviate multi-target)")
+    ] = DEFAULT_FUSION,
     weights: Annotated[
         str | None,
         typer.Option(help="For relative-score and weights: e.g. content=0.3,heading=0.7"),
@@ -275,7 +264,7 @@ def search(
     """Search through the alias; Weaviate embeds the query with the served collection's model
     endpoint (`streamproc serve`), so no model is loaded here. Default: hybrid, BM25 with the
     content and heading vectors averaged (the best recall measured; see README)."""
-    from streamproc.search import Fusion, Mode, parse_weights, search_alias
+    from streamproc.search import parse_weights, search_alias
 
     settings = _settings()
     try:
@@ -284,9 +273,9 @@ def search(
             text,
             tenant,
             limit,
-            mode=Mode(mode.value),
+            mode=mode,
             targets=[t.strip() for t in targets.split(",") if t.strip()],
-            fusion=Fusion(fusion.value),
+            fusion=fusion,
             weights=parse_weights(weights),
         )
     except StreamprocError as exc:
@@ -566,8 +555,13 @@ def demo(
     ] = False,
 ) -> None:
     """The main job end to end on the configured services (see README)."""
+    import signal
+
     from streamproc.demo import run_demo
 
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the demo still stops the worker,
+    # the endpoint and the services it started instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         run_demo(_settings(), manage_services=not external)
     except StreamprocError as exc:

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -85,14 +85,19 @@ def worker_argv(role: str) -> list[str]:
 
 
 @contextmanager
-def worker_subprocess(
-    settings: Settings, role: str, log: Path, env: dict[str, str] | None = None
+def child_process(
+    argv: list[str],
+    settings: Settings,
+    log: Path,
+    env: dict[str, str] | None = None,
+    stop_timeout_s: float = 60.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`streamproc worker --role ROLE` with exactly these settings, stopped on exit."""
+    """A streamproc child with exactly these settings and its output in `log`; terminated on
+    exit (killed after `stop_timeout_s`)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            worker_argv(role),
+            argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **child_env(settings), **(env or {})},
@@ -102,10 +107,17 @@ def worker_subprocess(
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=stop_timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def worker_subprocess(
+    settings: Settings, role: str, log: Path, env: dict[str, str] | None = None
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """`streamproc worker --role ROLE` with exactly these settings, stopped on exit."""
+    return child_process(worker_argv(role), settings, log, env)
 
 
 @dataclass

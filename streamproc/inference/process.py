@@ -3,7 +3,6 @@ it answers, stopped."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,8 @@ from pathlib import Path
 import httpx
 
 from streamproc.errors import ServiceError
-from streamproc.settings import Settings, child_env
+from streamproc.runner import child_process
+from streamproc.settings import Settings
 
 
 def serve_argv(models: list[str]) -> list[str]:
@@ -37,15 +37,7 @@ def serving(
     settings: Settings, models: list[str], log: Path, timeout_s: float = 180.0
 ) -> Iterator[subprocess.Popen[bytes]]:
     """The endpoint for `models` with exactly these settings, ready when this yields."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            serve_argv(models),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **child_env(settings)},
-        )
-    try:
+    with child_process(serve_argv(models), settings, log, stop_timeout_s=30.0) as proc:
         deadline = time.monotonic() + timeout_s
         while not all(endpoint_ready(settings, m) for m in models):
             if proc.poll() is not None:
@@ -54,10 +46,3 @@ def serving(
                 raise ServiceError(f"streamproc serve not ready after {timeout_s:.0f}s; see {log}")
             time.sleep(0.25)
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
