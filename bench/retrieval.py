@@ -75,14 +75,19 @@ def _keys(result: Any) -> list[str]:
     return [str(o.properties["chunk_key"]) for o in result.objects]
 
 
+def _vectors(target: Any, vector: Sequence[float]) -> Any:
+    """The query vector for one target, or the same vector for each of several."""
+    return vector if isinstance(target, str) else {CONTENT_VECTOR: vector, HEADING_VECTOR: vector}
+
+
 def _near(target: Any) -> Search:
     def search(collection: Collection[Any, Any], _text: str, vector: Sequence[float]) -> list[str]:
-        vectors = (
-            vector if isinstance(target, str) else {CONTENT_VECTOR: vector, HEADING_VECTOR: vector}
-        )
         return _keys(
             collection.query.near_vector(
-                vectors, target_vector=target, limit=K, return_properties=["chunk_key"]
+                _vectors(target, vector),
+                target_vector=target,
+                limit=K,
+                return_properties=["chunk_key"],
             )
         )
 
@@ -91,14 +96,11 @@ def _near(target: Any) -> Search:
 
 def _hybrid(target: Any) -> Search:
     def search(collection: Collection[Any, Any], text: str, vector: Sequence[float]) -> list[str]:
-        vectors = (
-            vector if isinstance(target, str) else {CONTENT_VECTOR: vector, HEADING_VECTOR: vector}
-        )
         # Weaviate 1.38 defaults: alpha 0.75 (the vector side's weight), relative-score fusion.
         return _keys(
             collection.query.hybrid(
                 text,
-                vector=vectors,
+                vector=_vectors(target, vector),
                 target_vector=target,
                 query_properties=KEYWORD_PROPERTIES,
                 limit=K,

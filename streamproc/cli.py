@@ -12,7 +12,7 @@ import typer
 
 from streamproc.errors import StreamprocError
 from streamproc.logs import configure_logging, silence_dependency_warnings
-from streamproc.search import DEFAULT_FUSION, DEFAULT_MODE, Fusion, Mode
+from streamproc.search import DEFAULT_FUSION, DEFAULT_MODE, DEFAULT_TARGETS, Fusion, Mode
 from streamproc.settings import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -252,7 +252,7 @@ def search(
     ] = DEFAULT_MODE,
     targets: Annotated[
         str, typer.Option(help="Named vectors to search, comma-separated: content, heading")
-    ] = "content,heading",
+    ] = ",".join(DEFAULT_TARGETS),
     fusion: Annotated[
         Fusion, typer.Option(help="How several targets combine (Weaviate multi-target)")
     ] = DEFAULT_FUSION,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from streamproc.errors import StreamprocError
+from streamproc.errors import ConfigurationError, StreamprocError
 from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR, weaviate_tenant
 from streamproc.settings import Settings
 from streamproc.weaviate_http import GraphQLError, connect_http
@@ -65,9 +65,9 @@ _COMBINATION = {
 }
 
 DEFAULT_MODE = Mode.HYBRID
-DEFAULT_TARGETS = (CONTENT_VECTOR, HEADING_VECTOR)
-DEFAULT_FUSION = Fusion.AVERAGE
 TARGETS = (CONTENT_VECTOR, HEADING_VECTOR)
+DEFAULT_TARGETS = TARGETS
+DEFAULT_FUSION = Fusion.AVERAGE
 
 
 @dataclass(frozen=True)
@@ -241,9 +241,11 @@ def _hit(obj: Mapping[str, Any], mode: Mode, pii_mode: bool) -> Hit:
 
 
 def _model_label(settings: Settings, collection: str, hits: list[Hit]) -> str:
-    for spec in settings.models:
-        if settings.collection_for(spec) == collection:
-            return f"{spec.name} {spec.version}"
+    try:
+        spec = settings.model_for_collection(collection)
+        return f"{spec.name} {spec.version}"
+    except ConfigurationError:
+        pass
     # Not in this process's registry: what the objects themselves say.
     for hit in hits:
         if hit.model_name:

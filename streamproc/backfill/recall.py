@@ -18,10 +18,9 @@ K = 10
 
 def target_vectors(names: Collection[str]) -> TargetVectorJoinType:
     """Content and heading vectors, their distances averaged, where the collection has both;
-    content alone in one created without a heading vector.
-
-    Weaviate leaves out of a multi-target search the objects that lack one of the targets:
-    here the chunks of a document without headings, which have no heading vector."""
+    content alone in one created without a heading vector. (Weaviate leaves out of a
+    multi-target search an object that lacks a target; the embedder gives a chunk without a
+    heading its content vector as heading vector, so none does.)"""
     if HEADING_VECTOR in names:
         return TargetVectors.average([CONTENT_VECTOR, HEADING_VECTOR])
     return CONTENT_VECTOR
