@@ -173,9 +173,10 @@ def worker(
 ) -> None:
     """Run the pipeline's Faust agents."""
     from streamproc.kafka_io import connection_problem
-    from streamproc.runner import run_all, run_role
+    from streamproc.runner import die_with_parent, run_all, run_role
     from streamproc.workers import ROLES
 
+    die_with_parent()
     settings = _settings()
     try:
         configure_logging()
@@ -304,7 +305,9 @@ def serve(
     hybrid queries: one URL per model version, on inference.host:inference.port."""
     from streamproc.inference.server import serve as run_server
     from streamproc.models import load_model
+    from streamproc.runner import die_with_parent
 
+    die_with_parent()
     settings = _settings()
     try:
         configure_logging()

@@ -49,3 +49,7 @@ class ConfigurationError(StreamprocError):
 
 class ServiceError(StreamprocError):
     """A local service could not be provisioned, started or stopped."""
+
+
+class SkippedRecordsError(StreamprocError):
+    """The Kafka consumer handed an agent a record after stepping over earlier ones."""

@@ -3,6 +3,7 @@ connection settings (TLS, SASL); producers, and reading any topic as JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import ssl
@@ -290,6 +291,38 @@ async def read_to_end(
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+async def records_between(
+    settings: Settings, group: str, ranges: dict[TopicPartition, tuple[int | None, int]]
+) -> dict[TopicPartition, list[int]]:
+    """Per partition, the offsets of its records from `start` (None: `group`'s committed
+    offset, or the log's start without one) up to `end`, as a consumer of the group is handed
+    them: records the group's consumer stepped over if it jumped from `start` to `end`."""
+    consumer = consumer_client(
+        settings, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(ranges))
+        found: dict[TopicPartition, list[int]] = {tp: [] for tp in ranges}
+        ends: dict[TopicPartition, int] = {}
+        for tp, (start, end) in ranges.items():
+            if start is None:
+                start = await consumer.committed(tp)
+            if start is None:
+                start = (await consumer.beginning_offsets([tp]))[tp]
+            if start < end:
+                consumer.seek(tp, start)
+                ends[tp] = end
+        async with asyncio.timeout(30):
+            while remaining := [tp for tp in ends if await consumer.position(tp) < ends[tp]]:
+                batch = await consumer.getmany(*remaining, timeout_ms=1000)
+                for tp, records in batch.items():
+                    found[tp] += [r.offset for r in records if r.offset < ends[tp]]
+        return found
     finally:
         await consumer.stop()
 

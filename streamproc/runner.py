@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -24,6 +25,23 @@ from streamproc.logs import logging_config
 from streamproc.settings import Settings, child_env
 
 log = logging.getLogger(__name__)
+
+# Set by streamproc's launchers for their children: the child ends when the process that
+# started it does, even by SIGKILL, instead of living on as an orphan that keeps its
+# partitions or its port from the next run.
+PARENT_ENV = "STREAMPROC_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """SIGTERM this process when its launcher dies (Linux; elsewhere a no-op)."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):
+        # The launcher died before the line above took effect.
+        raise SystemExit(f"the process that started this one ({parent}) is gone")
 
 
 def run_role(settings: Settings, role: str) -> NoReturn:
@@ -100,7 +118,12 @@ def child_process(
             argv,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **child_env(settings), **(env or {})},
+            env={
+                **os.environ,
+                **child_env(settings),
+                PARENT_ENV: str(os.getpid()),
+                **(env or {}),
+            },
         )
     try:
         yield proc
@@ -149,6 +172,7 @@ def run_all(settings: Settings, roles: tuple[str, ...]) -> int:
                 **os.environ,
                 **inherited,
                 "STREAMPROC_WORKER__GROUP_INSTANCE_ID": f"{instance}-{role}",
+                PARENT_ENV: str(os.getpid()),
                 # One scrape endpoint and one health endpoint per process: the roles share
                 # this host.
                 **({"STREAMPROC_TELEMETRY__PROMETHEUS_PORT": str(port + i)} if port else {}),

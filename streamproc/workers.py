@@ -39,14 +39,20 @@ from streamproc.chunking.changes import DocumentState
 from streamproc.chunking.split import Splitter
 from streamproc.chunking.tokenizers import HFTokenCounter
 from streamproc.delivery import Outbox, crash, guarded, is_transient, retry_transient
-from streamproc.errors import ConfigurationError, PermanentError, SchemaError
+from streamproc.errors import (
+    ConfigurationError,
+    PermanentError,
+    SchemaError,
+    SkippedRecordsError,
+)
 from streamproc.failpoints import fail_point
 from streamproc.health import Health
-from streamproc.kafka_io import faust_credentials
+from streamproc.kafka_io import faust_credentials, records_between
 from streamproc.models import EmbeddingModel, load_model, resolve_source
 from streamproc.naming import document_key
 from streamproc.pipeline.chunker import Chunker, ChunkerOutput
 from streamproc.pipeline.embedder import Background, Embedder, Target
+from streamproc.pipeline.offsets import HandedOffsets
 from streamproc.pipeline.ordered import InOrder
 from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore
@@ -152,6 +158,50 @@ def _watch(app: faust.App, settings: Settings, topic: str, group: str) -> Health
             return view.json({"ready": ready}, status=200 if ready else 503)
 
     return health
+
+
+def _handed_check(settings: Settings, group: str) -> Callable[[Iterable[EventT]], Awaitable[None]]:
+    """Checks the events an agent is handed, in the order it was handed them, against the
+    offsets before them (see pipeline/offsets.py). A record the consumer stepped over ends the
+    process before anything after it is acked, so the next start reads it again."""
+    handed = HandedOffsets()
+
+    async def check(events: Iterable[EventT]) -> None:
+        ranges: dict[TopicPartition, tuple[int | None, int]] = {}
+        offsets: dict[TopicPartition, set[int]] = {}
+        for event in events:
+            m = event.message
+            tp = TopicPartition(m.topic, m.partition)
+            offsets.setdefault(tp, set()).add(m.offset)
+            jump = handed.hand(m.topic, m.partition, m.generation_id, m.offset)
+            if jump is not None:
+                # Two jumps of one partition in one batch: one range over both, less what
+                # was handed over in between.
+                ranges[tp] = (ranges[tp][0] if tp in ranges else jump.start, jump.end)
+        if not ranges:
+            return
+        if stepped := {
+            f"{tp.topic}[{tp.partition}]": r for tp, r in ranges.items() if r[0] is not None
+        }:
+            # Legitimate after compaction or transaction markers only; anything else is a
+            # consumer bug this check exists for.
+            log.warning("offsets jumped", extra={"ranges": stepped})
+        found = await retry_transient(
+            "offset check", lambda: records_between(settings, group, ranges)
+        )
+        skipped = {
+            f"{tp.topic}[{tp.partition}]": missed
+            for tp, records in found.items()
+            if (missed := sorted(set(records) - offsets[tp]))
+        }
+        if skipped:
+            log.error(
+                "the consumer stepped over records",
+                extra={"skipped": {tp: [o[0], o[-1], len(o)] for tp, o in skipped.items()}},
+            )
+            crash("consumer", SkippedRecordsError(f"records stepped over: {skipped}"))
+
+    return check
 
 
 def headers_size(headers: Iterable[tuple[str, bytes]] | None) -> int:
@@ -265,6 +315,7 @@ def create_chunker_app(settings: Settings, counters: list[HFTokenCounter]) -> fa
 
     group = f"{settings.worker.app_id}-chunker"
     inflight = _watch(app, settings, source.get_topic_name(), group).inflight
+    check_handed = _handed_check(settings, group)
 
     @app.agent(source)
     async def chunk(stream: faust.Stream) -> None:
@@ -280,6 +331,7 @@ def create_chunker_app(settings: Settings, counters: list[HFTokenCounter]) -> fa
             ) as span:
                 token = inflight.enter()
                 try:
+                    await check_handed((event,))
                     await handle(event, span)
                 except asyncio.CancelledError:
                     raise
@@ -446,6 +498,7 @@ def create_embedder_app(
 
     group = f"{settings.worker.app_id}-embedder"
     inflight = _watch(app, settings, source.get_topic_name(), group).inflight
+    check_handed = _handed_check(settings, group)
 
     @app.agent(source)
     async def embed(stream: faust.Stream) -> None:
@@ -456,10 +509,16 @@ def create_embedder_app(
             async for taken in stream.noack_take(
                 settings.embedder.max_events, within=settings.embedder.max_wait_s
             ):
-                # Taken before a rebalance moved their partitions away: the new owner has
-                # them, and writing them here could land after its newer versions.
+                # Taken before a rebalance: the partition's new owner, or this worker again
+                # after its seek to the committed offset, is handed them anew, and writing
+                # them here could land after newer versions.
+                generation = app.consumer_generation_id
                 assigned = app.consumer.assignment()
-                events = [e for e in taken if e.message.tp in assigned]
+                events = [
+                    e
+                    for e in taken
+                    if e.message.generation_id == generation and e.message.tp in assigned
+                ]
                 if not events:
                     continue
                 first = events[0].message
@@ -479,6 +538,7 @@ def create_embedder_app(
                 token = inflight.enter()
                 try:
                     with trace.use_span(span):
+                        await check_handed(events)
                         finish = await handle(stream, events, span)
                         done = await finishing.add(guarded("embedder: finishing a batch", finish))
                         # Ran, or cancelled unacked at a stop: no longer in flight either way.
@@ -663,10 +723,13 @@ def _add_backfill(
         queued=lambda: sum(j["state"] == "PENDING" for j in jobs.all()) if owns() else 0,
     )
 
+    check_handed = _handed_check(settings, f"{settings.worker.app_id}-embedder")
+
     @app.agent(commands)
     async def backfill_commands(stream: faust.Stream) -> None:
         async for event in stream.events():
             try:
+                await check_handed((event,))
                 await apply(event)
             except asyncio.CancelledError:
                 raise

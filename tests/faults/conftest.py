@@ -18,7 +18,7 @@ from streamproc.localservices.manager import LocalServices
 from streamproc.localservices.toxiproxy import LocalToxiproxy, ToxiproxyApi
 from streamproc.settings import REPO_ROOT, ModelSpec, Settings
 from tests.conftest import with_topics
-from tests.faults.harness import CaseResult, FaultRun, restore, supervised
+from tests.faults.harness import CaseResult, Fault, FaultRun, restore, supervised
 from tests.faults.load import build_load
 
 RESULTS_FILE = REPO_ROOT / "bench" / "results" / "faults.json"
@@ -49,7 +49,6 @@ def fault_case(
     def case(
         name: str,
         proxied: Proxied | None = None,
-        max_recovery_s: float | None = None,
         backfill_model: ModelSpec | None = None,
     ) -> Iterator[FaultRun]:
         """`backfill_model` is registered besides the active one; the case may start a backfill
@@ -64,7 +63,7 @@ def fault_case(
         with supervised(worker_settings, tmp_path) as workers:
             run = FaultRun(name, settings, workers, load, time.time())
             yield run
-            result = run.finish(settings, max_recovery_s, also)
+            result = run.finish(settings, also)
         fault_results.append(result)
         assert result.passed, f"{result.describe()}\nworker logs: {tmp_path}"
 
@@ -182,25 +181,30 @@ def _cell(value: object) -> str:
 
 
 def table(results: list[CaseResult]) -> list[str]:
+    """A row per kind of fault in each case; lost, duplicated and dead-lettered are the
+    case's, whose one load every fault of it struck."""
     header = ("case", "fault", "injected at", "lost", "dup", "dlq", "no done", "to next batch")
     rows = []
     for r in results:
-        faults = r.faults or []
-        first = faults[0].fault if faults else "none"
-        kinds = sorted({f.fault for f in faults}) or [first]
-        recoveries = [f.recovery_to_batch_s for f in faults if f.recovery_to_batch_s is not None]
-        rows.append(
-            (
-                f"{r.case} {'ok' if r.passed else 'FAIL'}",
-                ", ".join(kinds) + (f" x{len(faults)}" if len(faults) > 1 else ""),
-                ", ".join(f"{f.at_s:.0f}s" for f in faults) or "-",
-                str(r.lost),
-                str(r.duplicated),
-                str(r.dead_lettered),
-                str(r.missing_embed_done) + (" STUCK" if r.stuck else ""),
-                f"max {max(recoveries):.1f}s" if recoveries else _cell(None),
+        kinds: dict[str, list[Fault]] = {}
+        for f in r.faults:
+            kinds.setdefault(f.fault, []).append(f)
+        for name, faults in kinds.items() or [("none", [])]:
+            recoveries = [
+                f.recovery_to_batch_s for f in faults if f.recovery_to_batch_s is not None
+            ]
+            rows.append(
+                (
+                    f"{r.case} {'ok' if r.passed else 'FAIL'}",
+                    name + (f" x{len(faults)}" if len(faults) > 1 else ""),
+                    ", ".join(f"{f.at_s:.0f}s" for f in faults) or "-",
+                    str(r.lost),
+                    str(r.duplicated),
+                    str(r.dead_lettered),
+                    str(r.missing_embed_done) + (" STUCK" if r.stuck else ""),
+                    f"max {max(recoveries):.1f}s" if recoveries else _cell(None),
+                )
             )
-        )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     return [
         "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))

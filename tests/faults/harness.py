@@ -29,6 +29,8 @@ DRAIN_S = 300.0
 ROLES = ("chunker", "embedder")
 # A line each role logs per unit of work: proof that a (restarted) worker is processing.
 BUSY_MARKERS = {"chunker": '"msg": "chunked"', "embedder": '"msg": "embedded batch"'}
+# The topic whose next record after a fault of the role is "the next batch".
+WATCH = {"chunker": "chunks", "embedder": "embed-done"}
 
 
 class SupervisedWorkers(Workers):
@@ -109,8 +111,16 @@ class Fault:
     after_wave: int
     # The topic whose next record is "the next batch" after recovery.
     watch: str = "embed-done"
+    # The promise for this fault: batches flow again this soon after it ends (None: none).
+    max_recovery_s: float | None = None
     recovered_s: float | None = None
     recovery_to_batch_s: float | None = None
+
+    @property
+    def slow(self) -> bool:
+        return self.max_recovery_s is not None and (
+            self.recovery_to_batch_s is None or self.recovery_to_batch_s > self.max_recovery_s
+        )
 
     def recovered(self, run: FaultRun) -> None:
         self.recovered_s = run.elapsed()
@@ -128,18 +138,11 @@ class CaseResult:
     stuck: str | None
     worker_exits: list[str]
     wall_s: float
-    max_recovery_s: float | None
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def slow_recoveries(self) -> list[Fault]:
-        if self.max_recovery_s is None:
-            return []
-        return [
-            f
-            for f in self.faults
-            if f.recovery_to_batch_s is None or f.recovery_to_batch_s > self.max_recovery_s
-        ]
+        return [f for f in self.faults if f.slow]
 
     @property
     def passed(self) -> bool:
@@ -162,7 +165,7 @@ class CaseResult:
             lines.append(f"stuck: {self.stuck}")
         lines += [
             f"recovery to next batch {f.recovery_to_batch_s}s after {f.fault}, over the "
-            f"{self.max_recovery_s}s allowed"
+            f"{f.max_recovery_s}s allowed"
             for f in self.slow_recoveries
         ]
         lines += [f"worker exit: {e}" for e in self.worker_exits]
@@ -204,27 +207,25 @@ class FaultRun:
         while self.produce_wave():
             time.sleep(interval_s)
 
-    def fault(self, name: str, watch: str = "embed-done") -> Fault:
-        record = Fault(name, self.elapsed(), self.waves_sent, watch)
+    def fault(
+        self, name: str, watch: str = "embed-done", max_recovery_s: float | None = None
+    ) -> Fault:
+        record = Fault(name, self.elapsed(), self.waves_sent, watch, max_recovery_s)
         self.faults.append(record)
         return record
 
-    def kill_busy(self, role: str, kills: int, max_delay_s: float = 4.0) -> None:
-        """`kills` times: a wave, then once `role` is processing, SIGKILL it at a random moment
-        and start it again."""
-        watch = "chunks" if role == "chunker" else "embed-done"
-        for _ in range(kills):
-            since = self.workers.log_size(role)
-            self.produce_wave()
-            self.workers.wait_busy(role, since)
-            time.sleep(self.rng.uniform(0.2, max_delay_s))
-            fault = self.fault(f"SIGKILL {role}", watch)
-            self.workers.restart(role)
-            fault.recovered(self)
+    def kill_busy(self, role: str, max_delay_s: float) -> None:
+        """A wave, then once `role` is processing, SIGKILL it at a random moment and start it
+        again."""
+        since = self.workers.log_size(role)
+        self.produce_wave()
+        self.workers.wait_busy(role, since)
+        time.sleep(self.rng.uniform(0.2, max_delay_s))
+        fault = self.fault(f"SIGKILL {role}", WATCH[role])
+        self.workers.restart(role)
+        fault.recovered(self)
 
-    def finish(
-        self, check_settings: Settings, max_recovery_s: float | None, also: tuple[str, ...] = ()
-    ) -> CaseResult:
+    def finish(self, check_settings: Settings, also: tuple[str, ...] = ()) -> CaseResult:
         self.produce_rest()
         stuck = None
         try:
@@ -236,11 +237,9 @@ class FaultRun:
         for f in self.faults:
             if f.recovered_s is not None:
                 f.recovery_to_batch_s = next_batch_after(times[f.watch], self.t0 + f.recovered_s)
-        return self._result(report, stuck, max_recovery_s)
+        return self._result(report, stuck)
 
-    def _result(
-        self, report: CheckReport, stuck: str | None, max_recovery_s: float | None
-    ) -> CaseResult:
+    def _result(self, report: CheckReport, stuck: str | None) -> CaseResult:
         return CaseResult(
             case=self.case,
             faults=self.faults,
@@ -252,7 +251,6 @@ class FaultRun:
             stuck=stuck,
             worker_exits=list(self.workers.exits),
             wall_s=self.elapsed(),
-            max_recovery_s=max_recovery_s,
             examples={
                 name: [str(f) for f in getattr(report, name)[:10]]
                 for name in ("lost", "duplicated", "dead_lettered", "missing_done")

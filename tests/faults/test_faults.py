@@ -19,12 +19,13 @@ from streamproc.derive import projected_model
 from streamproc.localservices.manager import LocalServices
 from streamproc.settings import Settings
 from tests.faults.conftest import CaseFactory, Proxied
-from tests.faults.harness import OUTAGE_S, ROLES, FaultRun
+from tests.faults.harness import OUTAGE_S, ROLES, WATCH, FaultRun
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(1200)]
 
 # The issue's promise for a Weaviate outage: batches flow again this soon after it ends.
 WEAVIATE_RECOVERY_S = 10.0
+# SIGKILLs of each role in one load.
 KILLS = 5
 
 
@@ -45,20 +46,13 @@ def _busy(run: FaultRun, waves: int = 2) -> None:
     run.workers.wait_busy("embedder", since)
 
 
-def test_no_fault(fault_case: CaseFactory) -> None:
-    """The control: the same load and check with nothing injected."""
-    with fault_case("none"):
-        pass
-
-
-def test_sigkill_embedder(fault_case: CaseFactory) -> None:
-    with fault_case("sigkill-embedder") as run:
-        run.kill_busy("embedder", KILLS)
-
-
-def test_sigkill_chunker(fault_case: CaseFactory) -> None:
-    with fault_case("sigkill-chunker") as run:
-        run.kill_busy("chunker", KILLS, max_delay_s=2.0)
+def test_sigkill_workers(fault_case: CaseFactory) -> None:
+    """The embedder and the chunker each SIGKILLed `KILLS` times at random moments while they
+    process, in turn, during one load."""
+    with fault_case("sigkill-workers") as run:
+        for _ in range(KILLS):
+            run.kill_busy("embedder", max_delay_s=4.0)
+            run.kill_busy("chunker", max_delay_s=2.0)
 
 
 def test_one_of_two_members_killed(fault_case: CaseFactory) -> None:
@@ -73,9 +67,7 @@ def test_one_of_two_members_killed(fault_case: CaseFactory) -> None:
         run.workers.wait_busy("embedder#2", since)
         time.sleep(run.rng.uniform(0.2, 3.0))
         for role in ROLES:
-            fault = run.fault(
-                f"SIGKILL {role} 2 of 2", "chunks" if role == "chunker" else "embed-done"
-            )
+            fault = run.fault(f"SIGKILL {role} 2 of 2", WATCH[role])
             run.workers.kill(f"{role}#2")
             fault.recovered(run)
 
@@ -115,31 +107,27 @@ def test_sigkill_embedder_during_backfill_replay(
         assert job["state"] == "COMPLETED", job["error"]
 
 
-def test_weaviate_stopped(fault_case: CaseFactory, services: LocalServices) -> None:
-    with fault_case("weaviate-stopped", max_recovery_s=WEAVIATE_RECOVERY_S) as run:
+def test_service_outages(fault_case: CaseFactory, services: LocalServices) -> None:
+    """Weaviate stopped, then Weaviate hung, then the Kafka broker restarted, during one load;
+    each begins once batches flow again after the one before."""
+    with fault_case("service-outages") as run:
         _busy(run)
-        fault = run.fault(f"Weaviate stopped {OUTAGE_S:.0f}s")
+        fault = run.fault(f"Weaviate stopped {OUTAGE_S:.0f}s", max_recovery_s=WEAVIATE_RECOVERY_S)
         services.weaviate.proc.stop()
-        _load_during(run, OUTAGE_S)
+        _load_during(run, OUTAGE_S, waves=2)
         services.weaviate.start()
         fault.recovered(run)
 
-
-def test_weaviate_hung(fault_case: CaseFactory, services: LocalServices) -> None:
-    with fault_case("weaviate-hung", max_recovery_s=WEAVIATE_RECOVERY_S) as run:
-        _busy(run)
-        fault = run.fault(f"Weaviate SIGSTOP {OUTAGE_S:.0f}s")
+        _busy(run, waves=1)
+        fault = run.fault(f"Weaviate SIGSTOP {OUTAGE_S:.0f}s", max_recovery_s=WEAVIATE_RECOVERY_S)
         services.weaviate.proc.send_signal(signal.SIGSTOP)
         try:
-            _load_during(run, OUTAGE_S)
+            _load_during(run, OUTAGE_S, waves=2)
         finally:
             services.weaviate.proc.send_signal(signal.SIGCONT)
         fault.recovered(run)
 
-
-def test_kafka_broker_restart(fault_case: CaseFactory, services: LocalServices) -> None:
-    with fault_case("kafka-restart") as run:
-        _busy(run, waves=3)
+        _busy(run, waves=1)
         fault = run.fault("Kafka broker restart")
         services.kafka.proc.stop()
         services.kafka.start()
@@ -156,24 +144,24 @@ NETWORK_FAULTS = {
 }
 
 
-def _network_fault(fault_case: CaseFactory, proxied: Proxied, name: str) -> None:
-    kind, attributes, seconds = NETWORK_FAULTS[name]
-    with fault_case(f"{proxied.service}-net-{name}", proxied=proxied) as run:
-        _busy(run)
-        fault = run.fault(f"{proxied.service.title()} link {name} {seconds:.0f}s")
-        toxics = proxied.add(kind, attributes)
-        try:
-            _load_during(run, seconds)
-        finally:
-            proxied.remove(toxics)
-        fault.recovered(run)
+def _network_faults(fault_case: CaseFactory, proxied: Proxied) -> None:
+    """Each network fault in turn on the link from the workers to one service, during one
+    load; each begins once batches flow again after the one before."""
+    with fault_case(f"{proxied.service}-network", proxied=proxied) as run:
+        for name, (kind, attributes, seconds) in NETWORK_FAULTS.items():
+            _busy(run, waves=1)
+            fault = run.fault(f"{proxied.service.title()} link {name} {seconds:.0f}s")
+            toxics = proxied.add(kind, attributes)
+            try:
+                _load_during(run, seconds, waves=2)
+            finally:
+                proxied.remove(toxics)
+            fault.recovered(run)
 
 
-@pytest.mark.parametrize("name", list(NETWORK_FAULTS))
-def test_network_fault_to_weaviate(fault_case: CaseFactory, proxied: Proxied, name: str) -> None:
-    _network_fault(fault_case, proxied, name)
+def test_network_faults_to_weaviate(fault_case: CaseFactory, proxied: Proxied) -> None:
+    _network_faults(fault_case, proxied)
 
 
-@pytest.mark.parametrize("name", list(NETWORK_FAULTS))
-def test_network_fault_to_kafka(fault_case: CaseFactory, proxied_kafka: Proxied, name: str) -> None:
-    _network_fault(fault_case, proxied_kafka, name)
+def test_network_faults_to_kafka(fault_case: CaseFactory, proxied_kafka: Proxied) -> None:
+    _network_faults(fault_case, proxied_kafka)
