@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+from tenacity.wait import wait_base
 
 from streamproc.errors import TransientError
 from streamproc.failpoints import fail_point
@@ -85,11 +86,18 @@ def _note(what: str) -> Callable[[RetryCallState], None]:
     return note
 
 
+def backoff() -> wait_base:
+    """The wait between tries of every retry in place: from 0.2 s, doubling, capped at 5 s
+    (plus up to 1 s of jitter), so that work resumes within seconds of a service's return
+    even after a long outage; one try every few seconds costs a down service nothing."""
+    return wait_exponential_jitter(initial=0.2, max=5)
+
+
 async def retry_transient(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
     """`call` again with backoff for as long as it fails transiently; anything else raises."""
     async for attempt in AsyncRetrying(
         retry=retry_if_exception(is_transient),
-        wait=wait_exponential_jitter(multiplier=0.2, max=10),
+        wait=backoff(),
         before_sleep=_note(what),
         reraise=True,
     ):

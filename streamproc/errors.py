@@ -51,5 +51,11 @@ class ServiceError(StreamprocError):
     """A local service could not be provisioned, started or stopped."""
 
 
+class StaleEventError(StreamprocError):
+    """An event older than the version of its document already applied: a redelivery after a
+    restart, or a DLQ replay superseded meanwhile. Skipped, not dead-lettered: nothing is
+    wrong with it, and its newer version is what the index must hold."""
+
+
 class SkippedRecordsError(StreamprocError):
     """The Kafka consumer handed an agent a record after stepping over earlier ones."""

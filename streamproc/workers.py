@@ -44,6 +44,7 @@ from streamproc.errors import (
     PermanentError,
     SchemaError,
     SkippedRecordsError,
+    StaleEventError,
 )
 from streamproc.failpoints import fail_point
 from streamproc.health import Health
@@ -387,6 +388,10 @@ def create_chunker_app(settings: Settings, counters: list[HFTokenCounter]) -> fa
         try:
             # A URI that is down for a moment is read again here; the partition waits.
             out = await retry_transient("chunking", process)
+        except StaleEventError:
+            telemetry.count({"stale": 1}, role="chunker")
+            log.info("stale event skipped", extra={"doc": doc_key, "offset": event.message.offset})
+            return
         except PermanentError as exc:
             await _dead_letter(outbox, event, exc)
             await outbox.confirm()

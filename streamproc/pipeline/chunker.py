@@ -12,7 +12,7 @@ from streamproc.chunking.changes import DocumentState, compare, fingerprint
 from streamproc.chunking.extract import extract_sections
 from streamproc.chunking.split import Splitter
 from streamproc.content import check_sha256, decode_text, read_uri
-from streamproc.errors import PermanentError
+from streamproc.errors import PermanentError, StaleEventError
 from streamproc.failpoints import fail_point
 from streamproc.naming import chunk_key, document_key, weaviate_tenant
 from streamproc.settings import ChunkingSettings, SourceSettings
@@ -55,10 +55,9 @@ class Chunker:
         doc_key = document_key(event["tenant"], event["doc_id"])
         previous = previous or DocumentState()
         if previous.ingested_at is not None and ingested_at < previous.ingested_at:
-            raise PermanentError(
+            raise StaleEventError(
                 f"event ingested at {ingested_at.isoformat()} is older than the version applied, "
-                f"ingested at {previous.ingested_at.isoformat()}",
-                reason="stale",
+                f"ingested at {previous.ingested_at.isoformat()}"
             )
         if event["op"] == "DELETE":
             out = ChunkerOutput(doc_key, state=DocumentState(ingested_at))

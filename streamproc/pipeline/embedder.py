@@ -26,8 +26,9 @@ from uuid import UUID
 
 import numpy as np
 from opentelemetry.trace import Span, Status, StatusCode
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from streamproc.delivery import backoff
 from streamproc.errors import (
     CollectionMissingError,
     ConfigurationError,
@@ -234,7 +235,7 @@ class Embedder:
         for tenant, member in by_tenant.items():
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(TransientError),
-                wait=wait_exponential_jitter(multiplier=0.2, max=30),
+                wait=backoff(),
                 before_sleep=_note_retry,
             ):
                 with attempt:
@@ -468,7 +469,7 @@ class Embedder:
         pending = uuids
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
-            wait=wait_exponential_jitter(multiplier=0.2, max=30),
+            wait=backoff(),
             before_sleep=_note_retry,
         ):
             with attempt:

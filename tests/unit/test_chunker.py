@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from streamproc.chunking.changes import DocumentState
-from streamproc.errors import PermanentError
+from streamproc.errors import StaleEventError
 from streamproc.pipeline.chunker import Chunker
 from streamproc.settings import Settings
 from streamproc.workers import splitter_for
@@ -57,9 +57,8 @@ def test_force_re_embeds_every_chunk() -> None:
 
 def test_an_older_event_is_refused_as_stale() -> None:
     newer = CHUNKER.process(_event(), None, T0 + timedelta(hours=1))
-    with pytest.raises(PermanentError) as refused:
+    with pytest.raises(StaleEventError):
         CHUNKER.process(_event(content="# Old\n\nOlder text."), newer.state, T0)
-    assert refused.value.reason == "stale"
 
 
 def test_a_delete_is_remembered_so_an_older_upsert_cannot_bring_the_document_back() -> None:
@@ -67,7 +66,7 @@ def test_a_delete_is_remembered_so_an_older_upsert_cannot_bring_the_document_bac
     deleted = CHUNKER.process(_event("DELETE", None), first.state, T0 + timedelta(hours=1))
     assert deleted.state.chunks == {}
     assert {r["op"] for r in deleted.embed_requests} == {"DELETE"}
-    with pytest.raises(PermanentError):
+    with pytest.raises(StaleEventError):
         CHUNKER.process(_event(), DocumentState.from_json(deleted.state.to_json()), T0)
 
 
