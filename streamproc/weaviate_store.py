@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 from uuid import UUID
 
+import grpc
 import httpx
 import weaviate
+import weaviate.connect.v4 as weaviate_connection
 from weaviate.classes.config import Configure, DataType, Property, VectorDistances
 from weaviate.classes.query import Filter
 from weaviate.classes.tenants import Tenant
@@ -196,6 +198,40 @@ def mapped_error(exc: BaseException, collection: str) -> StreamprocError | None:
     if verdict is Verdict.CONFIGURATION:
         return ConfigurationError(f"Weaviate refused access to {collection}: {detail}")
     return None
+
+
+class _RaiseAtOnce:
+    """Stands in for the client's retry of a gRPC call that Weaviate answers UNAVAILABLE. The
+    client's own sleeps 1, 2, 4, ... 32 s inside the call, so a worker would notice Weaviate's
+    return up to half a minute late. Retrying in place is ours (`delivery.backoff`, capped at
+    5 s): the call raises at once, with the error the client raises after its last try."""
+
+    def __init__(self, _tries: float = 0) -> None:
+        pass
+
+    def with_exponential_backoff(
+        self, count: int, error: str, f: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                raise
+            raise WeaviateRetryError(str(exc), count) from exc
+
+    async def awith_exponential_backoff(
+        self, count: int, error: str, f: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> Any:
+        try:
+            return await f(*args, **kwargs)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            raise WeaviateRetryError(str(exc), count) from exc
+
+
+# weaviate-client looks `_Retry` up in this module at each call.
+weaviate_connection._Retry = _RaiseAtOnce  # type: ignore[attr-defined,assignment]
 
 
 @contextmanager

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import httpx
 import pytest
+import weaviate.connect.v4 as connection
 from grpc.aio import AioRpcError, Metadata
 from weaviate.exceptions import (
     InsufficientPermissionsError,
@@ -19,6 +22,7 @@ from weaviate.exceptions import (
     WeaviateTimeoutError,
 )
 
+import streamproc.weaviate_store as store
 from streamproc.errors import (
     CollectionMissingError,
     ConfigurationError,
@@ -166,3 +170,23 @@ def test_a_rejection_travels_on_without_the_value_weaviate_quotes_back() -> None
     result = weaviate_store._sorted("C", [uuid], {uuid: message})
     assert "secret document text" not in result.failed[uuid]
     assert "chunk_index" in result.failed[uuid]
+
+
+class _Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_call_weaviate_answers_unavailable_raises_at_once_for_our_retry() -> None:
+    """The client's own retry would sleep up to 32 s inside the call (weaviate-client looks
+    `_Retry` up at each call, so importing the store replaces it everywhere)."""
+    assert connection._Retry is store._RaiseAtOnce
+
+    def call() -> None:
+        raise _Unavailable()
+
+    started = time.monotonic()
+    with pytest.raises(WeaviateRetryError) as raised:
+        connection._Retry(4).with_exponential_backoff(0, "Batch objects", call)
+    assert time.monotonic() - started < 0.5
+    assert error_verdict(raised.value) is Verdict.TRANSIENT
