@@ -15,6 +15,7 @@ import httpx
 import weaviate
 import weaviate.connect.v4 as weaviate_connection
 from weaviate.classes.config import Configure, DataType, Property, VectorDistances
+from weaviate.classes.init import AdditionalConfig, GrpcConfig
 from weaviate.classes.query import Filter
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
@@ -230,6 +231,15 @@ class _RaiseAtOnce:
             raise WeaviateRetryError(str(exc), count) from exc
 
 
+# gRPC waits longer and longer between reconnects while Weaviate is away (up to two minutes by
+# default; about 30 s after a one-minute outage), failing every call meanwhile: capped at 2 s,
+# a worker's next try after Weaviate's return finds the channel connected.
+_CHANNEL = [
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
 # weaviate-client looks `_Retry` up in this module at each call.
 weaviate_connection._Retry = _RaiseAtOnce  # type: ignore[attr-defined,assignment]
 
@@ -250,6 +260,7 @@ def connect(settings: WeaviateSettings) -> Iterator[weaviate.WeaviateClient]:
             auth_credentials=auth,
             # The default checks also ask pypi.org for the newest client: no outside calls.
             skip_init_checks=True,
+            additional_config=AdditionalConfig(grpc_config=GrpcConfig(channel_options=_CHANNEL)),
         )
         if not client.is_ready():
             client.close()
