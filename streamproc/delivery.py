@@ -87,10 +87,10 @@ def _note(what: str) -> Callable[[RetryCallState], None]:
 
 
 def backoff() -> wait_base:
-    """The wait between tries of every retry in place: from 0.2 s, doubling, capped at 5 s
-    (plus up to 1 s of jitter), so that work resumes within seconds of a service's return
-    even after a long outage; one try every few seconds costs a down service nothing."""
-    return wait_exponential_jitter(initial=0.2, max=5)
+    """The wait between tries of every retry in place: from 0.2 s, doubling, with up to 1 s of
+    jitter, never over 5 s, so that work resumes within seconds of a service's return even
+    after a long outage; one try every few seconds costs a down service nothing."""
+    return wait_exponential_jitter(multiplier=0.2, max=5)
 
 
 async def retry_transient(what: str, call: Callable[[], Awaitable[Any]]) -> Any:

@@ -178,7 +178,11 @@ def _handed_check(settings: Settings, group: str) -> Callable[[Iterable[EventT]]
             if jump is not None:
                 # Two jumps of one partition in one batch: one range over both, less what
                 # was handed over in between.
-                ranges[tp] = (ranges[tp][0] if tp in ranges else jump.start, jump.end)
+                ranges[tp] = (
+                    (ranges[tp][0], max(ranges[tp][1], jump.end))
+                    if tp in ranges
+                    else (jump.start, jump.end)
+                )
         if not ranges:
             return
         if stepped := {

@@ -38,7 +38,10 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A zombie (dead, not yet reaped by init) counts as gone.
-    status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
     return status != "Z"
 
 
