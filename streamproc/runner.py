@@ -102,6 +102,12 @@ def worker_argv(role: str) -> list[str]:
     return [sys.executable, "-m", "streamproc", "worker", "--role", role]
 
 
+def child_environ(settings: Settings, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a streamproc child: exactly these settings, `env` on top, and the
+    launcher's pid so that the child dies with it."""
+    return {**os.environ, **child_env(settings), PARENT_ENV: str(os.getpid()), **(env or {})}
+
+
 @contextmanager
 def child_process(
     argv: list[str],
@@ -118,12 +124,7 @@ def child_process(
             argv,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                **child_env(settings),
-                PARENT_ENV: str(os.getpid()),
-                **(env or {}),
-            },
+            env=child_environ(settings, env),
         )
     try:
         yield proc

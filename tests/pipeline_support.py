@@ -30,7 +30,7 @@ from streamproc.kafka_io import (
     read_to_end,
 )
 from streamproc.models import load_model
-from streamproc.runner import PARENT_ENV, worker_argv
+from streamproc.runner import child_environ, worker_argv
 from streamproc.search import search_alias
 from streamproc.settings import REPO_ROOT, Settings, child_env
 from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
@@ -160,12 +160,7 @@ class Workers:
             worker_argv(role.partition("#")[0]),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                **child_env(self.settings),
-                PARENT_ENV: str(os.getpid()),
-                **(env or {}),
-            },
+            env=child_environ(self.settings, env),
         )
         self.procs[role] = proc
         return proc
