@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,8 @@ from streamproc.kafka_io import (
     producer,
     read_to_end,
 )
+from streamproc.localservices.process import check_ports_free
+from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import load_model
 from streamproc.runner import child_environ, worker_argv
 from streamproc.search import search_alias
@@ -60,6 +63,36 @@ def free_ports(count: int) -> list[int]:
             for sock in sockets:
                 sock.close()
     raise AssertionError(f"no {count} consecutive free ports found")
+
+
+@contextmanager
+def private_weaviate(
+    settings: Settings, tag: str, api_key: str | None = None
+) -> Iterator[Settings]:
+    """A second local Weaviate beside the tests' own, on free ports and empty data, for a case
+    that must reconfigure or restart one; yields `settings` pointing at it."""
+    http, grpc, gossip, data_port, raft, rpc = free_ports(6)
+    data = settings.model_dump()
+    data["weaviate"].update(http_port=http, grpc_port=grpc, api_key=api_key)
+    data["local"].update(
+        profile=f"test-{tag}-{http}",
+        weaviate_gossip_port=gossip,
+        weaviate_data_port=data_port,
+        weaviate_raft_port=raft,
+        weaviate_raft_rpc_port=rpc,
+    )
+    private = Settings(**data)
+    weaviate = LocalWeaviate(private)
+    weaviate.provision()
+    weaviate.proc.stop()
+    shutil.rmtree(weaviate.state, ignore_errors=True)
+    check_ports_free(weaviate.ports)
+    try:
+        weaviate.start()
+        yield private
+    finally:
+        weaviate.proc.stop()
+        shutil.rmtree(private.local.state_dir, ignore_errors=True)
 
 
 def expected_chunks(settings: Settings, text: str, content_type: str) -> list[tuple[str, str]]:

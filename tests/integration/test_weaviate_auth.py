@@ -4,15 +4,12 @@ right key runs the pipeline; a wrong or missing key is refused at start-up, nami
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from streamproc.localservices.process import check_ports_free
-from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.naming import chunk_key
 from streamproc.otlp_receiver import OtlpReceiver
 from streamproc.settings import Settings
@@ -23,7 +20,7 @@ from tests.pipeline_support import (
     event,
     exact,
     expected_chunks,
-    free_ports,
+    private_weaviate,
     produce_events,
     running_workers,
 )
@@ -47,28 +44,9 @@ def keyed(
     inference_endpoint: Settings,
 ) -> Iterator[Settings]:
     """Isolated settings whose Weaviate takes only `KEY` (Kafka: the tests' own)."""
-    http, grpc, gossip, data_port, raft, rpc = free_ports(6)
-    data = service_settings.isolated(tmp_path_factory.mktemp("keyed") / "worker").model_dump()
-    data["weaviate"].update(http_port=http, grpc_port=grpc, api_key=KEY)
-    data["local"].update(
-        profile=f"test-auth-{http}",
-        weaviate_gossip_port=gossip,
-        weaviate_data_port=data_port,
-        weaviate_raft_port=raft,
-        weaviate_raft_rpc_port=rpc,
-    )
-    settings = Settings(**data)
-    weaviate = LocalWeaviate(settings)
-    weaviate.provision()
-    weaviate.proc.stop()
-    shutil.rmtree(weaviate.state, ignore_errors=True)
-    check_ports_free(weaviate.ports)
-    try:
-        weaviate.start()
+    isolated = service_settings.isolated(tmp_path_factory.mktemp("keyed") / "worker")
+    with private_weaviate(isolated, "auth", api_key=KEY) as settings:
         yield with_topics(settings)
-    finally:
-        weaviate.proc.stop()
-        shutil.rmtree(settings.local.state_dir, ignore_errors=True)
 
 
 def test_the_right_key_runs_the_pipeline(keyed: Settings, tmp_path: Path) -> None:

@@ -1,28 +1,32 @@
 """Weaviate's refusals, for real: classified, dead-lettered, waited out or skipped as they should.
 
 Each case injects the fault in Weaviate itself: a property of the wrong type, a shard set
-read-only, a collection dropped under a live embedder.
+read-only, a collection dropped under a live embedder, a server restarted under reads and writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from streamproc.errors import ConfigurationError
+from streamproc.errors import ConfigurationError, TransientError
+from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import EmbeddingModel, load_model
-from streamproc.naming import collection_name, object_uuid
+from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR, collection_name, object_uuid
 from streamproc.pipeline.chunker import Chunker
 from streamproc.pipeline.embedder import BatchResult, Embedder, Lane, Target
 from streamproc.settings import Settings
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_store import ChunkObject, WeaviateStore, connect
 from streamproc.workers import background_pacing, splitter_for
-from tests.pipeline_support import event
+from tests.pipeline_support import event, private_weaviate
 
 # What must never reach a log record: the chunks' text and headings.
 SECRET = "Zanzibar-7741"
@@ -180,3 +184,76 @@ def test_a_dropped_collection_is_skipped_as_a_backfill_target_and_stops_a_config
                 _handle(embedder, batch)
         finally:
             embedder.close()
+
+
+# A restarted node's answers while it serves before its Raft election (not a refused connection).
+STARTING_UP = re.compile(r"no read replica found|resolve node name")
+RESTARTS = 3
+
+
+def test_a_restarting_weaviate_is_only_ever_transient(settings: Settings) -> None:
+    """Old code: in the seconds a restarted node serves before it knows its cluster membership,
+    a read's "no read replica found" ended the embedder (CI, service-outages case) and a write's
+    "resolve node name" failed each object for good, so it was dead-lettered."""
+    with private_weaviate(settings, "restart") as private:
+        weaviate = LocalWeaviate(private)
+        collection = collection_name(private.weaviate.collection_prefix, "restart", "v1")
+        vector = [0.5, 0.5, 0.5, 0.5]
+        objects = [
+            ChunkObject(
+                object_uuid(f"acme/restart/{i}"),
+                "acme",
+                {"text_sha256": f"sha-{i}"},
+                {CONTENT_VECTOR: vector, HEADING_VECTOR: vector},
+            )
+            for i in range(8)
+        ]
+        outcomes: Counter[str] = Counter()
+        stop = threading.Event()
+
+        def hammer(write: bool) -> None:
+            while not stop.is_set():
+                try:
+                    if write:
+                        result = store.upsert(collection, objects)
+                        outcomes.update("failed for good: " + m for m in result.failed.values())
+                        outcomes.update(
+                            "starting up" if STARTING_UP.search(m) else "retry"
+                            for m in result.retry.values()
+                        )
+                    else:
+                        store.held(collection, "acme", [o.uuid for o in objects])
+                    outcomes["ok"] += 1
+                except TransientError as exc:
+                    cause = str(exc.__cause__ or exc)
+                    outcomes["starting up" if STARTING_UP.search(cause) else "retry"] += 1
+                    time.sleep(0.01)
+                except Exception as exc:
+                    outcomes[f"unexpected: {type(exc).__name__}: {exc}"] += 1
+                    time.sleep(0.01)
+
+        with connect(private.weaviate) as client:
+            store = WeaviateStore(client)
+            store.ensure_collection(collection, len(vector))
+            assert store.upsert(collection, objects).written
+            threads = [threading.Thread(target=hammer, args=(w,)) for w in (False, True)]
+            for thread in threads:
+                thread.start()
+            try:
+                for _ in range(RESTARTS):
+                    weaviate.proc.stop()
+                    weaviate.start()
+                    time.sleep(2)
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join()
+            held = store.held(collection, "acme", [o.uuid for o in objects])
+
+        wrong = {k: n for k, n in outcomes.items() if k.startswith(("failed", "unexpected"))}
+        assert wrong == {}, outcomes
+        # The window was really hit, and nothing was lost through it.
+        assert outcomes["starting up"] > 0, outcomes
+        assert {u: sha for u, (_, sha) in held.items()} == {
+            o.uuid: o.properties["text_sha256"] for o in objects
+        }

@@ -134,6 +134,13 @@ def test_grpc_unknown_is_judged_by_its_message() -> None:
         ("put object: connection refused", Verdict.TRANSIENT),
         ("rpc error: code = Unavailable desc = too many requests", Verdict.TRANSIENT),
         ("class 'Chunk_m_v1' not present in schema", Verdict.COLLECTION_MISSING),
+        # What a restarted node answers before it knows its cluster membership.
+        (
+            "explorer: list class: search: object search at index chunk_m_v1: "
+            "no read replica found",
+            Verdict.TRANSIENT,
+        ),
+        ('resolve node name "node1" to host', Verdict.TRANSIENT),
         (
             "invalid integer property 'chunk_index' on class 'Chunk_m_v1': requires an integer, "
             "the given value is 'a timeout, a lost connection, class not found'",
