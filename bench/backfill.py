@@ -49,8 +49,8 @@ from streamproc.kafka_io import end_offsets
 from streamproc.models import load_model
 from streamproc.naming import document_key
 from streamproc.produce import event_for, expand
-from streamproc.runner import worker_subprocess
 from streamproc.settings import REPO_ROOT, ModelSpec, Settings
+from streamproc.worker.runner import worker_subprocess
 
 RESULTS = REPO_ROOT / "bench" / "results" / "backfill.json"
 

@@ -36,6 +36,7 @@ from aiokafka import TopicPartition
 
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
+from streamproc.chunking.tokenizers import splitter_for
 from streamproc.demo import CORPUS, local_services
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import admin_client, end_offsets, follow, producer
@@ -44,12 +45,11 @@ from streamproc.naming import document_key, object_uuid
 from streamproc.otlp_receiver import OtlpReceiver
 from streamproc.pipeline.chunker import Chunker
 from streamproc.produce import event_for, expand
-from streamproc.runner import worker_subprocess
 from streamproc.settings import REPO_ROOT, Settings
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
 from streamproc.weaviate_store import CONTENT_VECTOR, ChunkObject, WeaviateStore, connect
-from streamproc.workers import splitter_for
+from streamproc.worker.runner import worker_subprocess
 
 RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
 TENANT = "bench"

@@ -46,6 +46,7 @@ from weaviate.collections import Collection
 
 from bench.pipeline import _percentile, machine
 from streamproc.backfill.quality import Query, derive_queries, sample_queries, score
+from streamproc.chunking.tokenizers import splitter_for
 from streamproc.errors import PermanentError
 from streamproc.inference.process import serving
 from streamproc.localservices.weaviate import LocalWeaviate
@@ -54,7 +55,7 @@ from streamproc.pipeline.chunker import Chunker
 from streamproc.pipeline.embedder import Embedder, Target
 from streamproc.settings import REPO_ROOT, Settings, child_env
 from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, WeaviateStore, connect
-from streamproc.workers import background_pacing, splitter_for
+from streamproc.worker.embedder import background_pacing
 
 RESULTS = REPO_ROOT / "bench" / "results" / "retrieval.json"
 PACKAGE = "postgresql-doc-15"

@@ -173,8 +173,8 @@ def worker(
 ) -> None:
     """Run the pipeline's Faust agents."""
     from streamproc.kafka_io import connection_problem
-    from streamproc.runner import die_with_parent, run_all, run_role
-    from streamproc.workers import ROLES
+    from streamproc.worker.app import ROLES
+    from streamproc.worker.runner import die_with_parent, run_all, run_role
 
     die_with_parent()
     settings = _settings()
@@ -305,7 +305,7 @@ def serve(
     hybrid queries: one URL per model version, on inference.host:inference.port."""
     from streamproc.inference.server import serve as run_server
     from streamproc.models import load_model
-    from streamproc.runner import die_with_parent
+    from streamproc.worker.runner import die_with_parent
 
     die_with_parent()
     settings = _settings()

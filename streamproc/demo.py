@@ -26,6 +26,7 @@ from streamproc.backfill.alias import promote, rollback
 from streamproc.backfill.commands import follow_job, read_jobs, start_job
 from streamproc.backfill.jobs import conflicting_job, describe, now
 from streamproc.chunking.extract import extract_sections
+from streamproc.chunking.tokenizers import splitter_for
 from streamproc.derive import projected_model
 from streamproc.errors import StreamprocError
 from streamproc.inference.process import serving
@@ -33,14 +34,13 @@ from streamproc.kafka_io import end_offsets, follow
 from streamproc.localservices.manager import LocalServices
 from streamproc.naming import chunk_key
 from streamproc.produce import Document, content_type, expand, produce_documents
-from streamproc.runner import worker_subprocess
 from streamproc.search import search_alias
 from streamproc.settings import REPO_ROOT, ModelSpec, Settings
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
 from streamproc.verify import verify_collection
 from streamproc.weaviate_store import WeaviateStore, connect, query_endpoint
-from streamproc.workers import splitter_for
+from streamproc.worker.runner import worker_subprocess
 
 CORPUS = REPO_ROOT / "corpus" / "docs"
 TENANT = "demo"

@@ -1,15 +1,33 @@
-"""Replaying a dead-letter topic into the topic its messages came from."""
+"""Dead-letter topics: what a dead letter carries, sending one, and replaying a DLQ into the
+topic its messages came from."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import traceback
+from collections.abc import Iterable, Mapping
 
 from aiokafka import TopicPartition
+from faust.types import EventT
+from opentelemetry import trace
 
+from streamproc import telemetry
+from streamproc.delivery import Outbox
+from streamproc.errors import PermanentError
 from streamproc.kafka_io import consumer_client, producer
 from streamproc.settings import Settings
 
+DLQ_SUFFIX = ".dlq"
 DLQ_HEADER_PREFIX = "streamproc.dlq."
+# An ingest event's headers carry trace context and a few ids; more is not an ingest event, and
+# copied onto the record's chunks or dead letter it could push them over Kafka's size limit.
+MAX_HEADER_BYTES = 64 * 1024
+
+log = logging.getLogger(__name__)
+
+
+def dlq_topic(topic: str) -> str:
+    return topic + DLQ_SUFFIX
 
 
 async def replay(
@@ -21,7 +39,7 @@ async def replay(
     The original bytes and headers go back as they came; our reason headers are dropped.
     """
     source = settings.topic(topic)
-    dlq = f"{source}.dlq"
+    dlq = dlq_topic(source)
     consumer = consumer_client(
         settings,
         group_id=f"{settings.worker.app_id}-dlq-replay",
@@ -71,3 +89,55 @@ async def replay(
     finally:
         await consumer.stop()
     return sent
+
+
+def headers_size(headers: Iterable[tuple[str, bytes]] | None) -> int:
+    return sum(len(k) + len(v or b"") for k, v in headers or [])
+
+
+def dlq_headers(event: EventT, error: Exception) -> list[tuple[str, bytes]]:
+    """The original headers plus why and where from; never the payload. Headers over the
+    limit are left out (their size is noted), or the dead letter itself could not be sent."""
+    message = event.message
+    reason = getattr(error, "reason", type(error).__name__)
+    size = headers_size(message.headers)
+    original = (
+        list(message.headers or [])
+        if size <= MAX_HEADER_BYTES
+        else [(DLQ_HEADER_PREFIX + "headers_dropped", str(size).encode())]
+    )
+    return [
+        *original,
+        (DLQ_HEADER_PREFIX + "reason", str(reason).encode()),
+        (DLQ_HEADER_PREFIX + "error", str(error)[:2000].encode()),
+        (DLQ_HEADER_PREFIX + "topic", message.topic.encode()),
+        (DLQ_HEADER_PREFIX + "partition", str(message.partition).encode()),
+        (DLQ_HEADER_PREFIX + "offset", str(message.offset).encode()),
+    ]
+
+
+async def dead_letter(outbox: Outbox, event: EventT, error: Exception) -> None:
+    message = event.message
+    reason = str(getattr(error, "reason", type(error).__name__))
+    telemetry.record_error(trace.get_current_span(), error)
+    telemetry.dlq_counter.add(1, {"reason": reason, "topic": message.topic})
+    log.warning(
+        "dead-lettered",
+        extra={
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "reason": reason,
+        },
+    )
+    await outbox.send(
+        dlq_topic(message.topic), message.key, message.value, dlq_headers(event, error)
+    )
+
+
+def unexpected(error: Exception, reason: str) -> PermanentError:
+    """A dead letter for an error no rule foresaw: its type and where it was raised, never its
+    message, which may quote the input."""
+    frame = traceback.extract_tb(error.__traceback__)[-1:]
+    where = f" at {frame[0].filename.rsplit('/', 1)[-1]}:{frame[0].lineno}" if frame else ""
+    return PermanentError(f"{type(error).__name__}{where}", reason=reason)

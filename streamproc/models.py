@@ -46,10 +46,6 @@ class EmbeddingModel:
     def dimension(self) -> int:
         return self.spec.dimension
 
-    @property
-    def tokenizer(self) -> Any:
-        return self.model.tokenizer
-
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text takes in the model, special tokens included, without truncation."""
         encoded = self.model.tokenizer(texts, add_special_tokens=True, truncation=False)

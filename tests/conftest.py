@@ -14,6 +14,16 @@ from tests import services
 
 silence_dependency_warnings()
 
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration needs the real services: `-m "not integration"`
+    runs the rest without them."""
+    for item in items:
+        if item.path.is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_or_document_text_in_any_log(

@@ -21,6 +21,7 @@ import httpx
 
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
+from streamproc.chunking.tokenizers import splitter_for
 from streamproc.kafka_io import (
     admin_client,
     consumer_client,
@@ -33,11 +34,10 @@ from streamproc.kafka_io import (
 from streamproc.localservices.process import check_ports_free
 from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import load_model
-from streamproc.runner import child_environ, worker_argv
 from streamproc.search import search_alias
 from streamproc.settings import REPO_ROOT, Settings, child_env
 from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
-from streamproc.workers import splitter_for
+from streamproc.worker.runner import child_environ, worker_argv
 
 CORPUS = REPO_ROOT / "corpus" / "docs"
 

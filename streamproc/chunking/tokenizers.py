@@ -1,4 +1,5 @@
-"""Hugging Face fast tokenizers as the splitter's TokenCounter."""
+"""Hugging Face fast tokenizers as the splitter's TokenCounter, and the splitter over the
+tokenizers of every model in use."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from tokenizers import Tokenizer
+
+from streamproc.chunking.split import Splitter
+from streamproc.errors import ConfigurationError
+from streamproc.models import resolve_source
+from streamproc.settings import Settings
 
 
 class HFTokenCounter:
@@ -31,3 +37,28 @@ class HFTokenCounter:
             end = offsets[start + size][0] if start + size < len(offsets) else len(text)
             pieces.append(text[window[0][0] : end].strip())
         return pieces
+
+
+def token_counters(settings: Settings) -> list[HFTokenCounter]:
+    """The tokenizer of every model in use, without loading the models' weights."""
+    from transformers import AutoTokenizer
+
+    counters = []
+    for spec in settings.target_models:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                resolve_source(spec.source), revision=spec.revision
+            )
+        except OSError as exc:
+            raise ConfigurationError(f"cannot load the tokenizer of {spec.name!r}: {exc}") from exc
+        counters.append(HFTokenCounter(spec.name, tokenizer, spec.max_seq_len))
+    return counters
+
+
+def splitter_for(settings: Settings, counters: list[HFTokenCounter] | None = None) -> Splitter:
+    """The chunking settings' splitter over the tokenizers of every model in use."""
+    return Splitter(
+        counters if counters is not None else token_counters(settings),
+        settings.chunking.max_tokens,
+        settings.chunking.overlap_tokens,
+    )

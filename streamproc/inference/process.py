@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 
 from streamproc.errors import ServiceError
-from streamproc.runner import child_process
 from streamproc.settings import Settings
+from streamproc.worker.runner import child_process
 
 
 def serve_argv(models: list[str]) -> list[str]:

@@ -17,11 +17,12 @@ from uuid import UUID
 
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
+from streamproc.chunking.tokenizers import splitter_for
+from streamproc.dlq import DLQ_SUFFIX
 from streamproc.kafka_io import decode_value, live_chunks, read_to_end
 from streamproc.naming import chunk_key, object_uuid
 from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore, connect
-from streamproc.workers import DLQ_SUFFIX, splitter_for
 
 DLQ_TOPICS = ("chunk-requested", "embed-requested", "backfill-commands")
 

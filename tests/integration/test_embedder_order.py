@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+from streamproc.chunking.tokenizers import splitter_for
 from streamproc.models import load_model
 from streamproc.naming import weaviate_tenant
 from streamproc.pipeline.chunker import Chunker
 from streamproc.pipeline.embedder import Embedder, Target
 from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore, connect
-from streamproc.workers import background_pacing, splitter_for
+from streamproc.worker.embedder import background_pacing
 from tests.pipeline_support import event
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from streamproc.chunking.tokenizers import splitter_for
 from streamproc.errors import ConfigurationError, TransientError
 from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import EmbeddingModel, load_model
@@ -25,7 +26,7 @@ from streamproc.pipeline.chunker import Chunker
 from streamproc.pipeline.embedder import BatchResult, Embedder, Lane, Target
 from streamproc.settings import Settings
 from streamproc.weaviate_store import ChunkObject, WeaviateStore, connect
-from streamproc.workers import background_pacing, splitter_for
+from streamproc.worker.embedder import background_pacing
 from tests.pipeline_support import event, private_weaviate
 
 # What must never reach a log record: the chunks' text and headings.

@@ -13,10 +13,10 @@ from typing import Any
 import psutil
 
 from streamproc.derive import projected_model
-from streamproc.runner import worker_subprocess
 from streamproc.settings import ModelSpec, Settings
 from streamproc.verify import verify_collection
 from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.worker.runner import worker_subprocess
 from tests.conftest import with_topics
 from tests.pipeline_support import (
     CORPUS,

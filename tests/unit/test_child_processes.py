@@ -19,11 +19,11 @@ LAUNCHER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from streamproc.runner import child_process
+    from streamproc.worker.runner import child_process
     from streamproc.settings import Settings
 
     child = [sys.executable, "-c",
-             "from streamproc.runner import die_with_parent; die_with_parent(); "
+             "from streamproc.worker.runner import die_with_parent; die_with_parent(); "
              "import time; time.sleep(120)"]
     with child_process(child, Settings(), Path(sys.argv[1])) as proc:
         print(proc.pid, flush=True)

@@ -11,7 +11,7 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, NotLead
 from streamproc import failpoints
 from streamproc.delivery import Outbox, is_transient
 from streamproc.errors import PermanentError, TransientError
-from streamproc.runner import RestartPolicy
+from streamproc.worker.runner import RestartPolicy
 
 
 def test_transient_errors_are_the_retriable_ones() -> None:

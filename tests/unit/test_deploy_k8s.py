@@ -16,7 +16,7 @@ import yaml
 
 from streamproc.settings import REPO_ROOT, Settings
 from streamproc.topology.model import load_topology, render_strimzi
-from streamproc.workers import ROLES
+from streamproc.worker.app import ROLES
 from tests.deploy_support import cli_command, render, setting_path, settings_from
 
 K8S = REPO_ROOT / "deploy" / "k8s"

@@ -16,7 +16,7 @@ from streamproc.pipeline.embedder import Embedder, Target
 from streamproc.pipeline.heading_cache import HeadingCache
 from streamproc.settings import Settings
 from streamproc.weaviate_store import WeaviateStore
-from streamproc.workers import background_pacing
+from streamproc.worker.embedder import background_pacing
 
 
 def _vector(value: float) -> np.ndarray:

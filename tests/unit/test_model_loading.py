@@ -11,7 +11,7 @@ import pytest
 from streamproc.errors import ConfigurationError
 from streamproc.models import load_model
 from streamproc.settings import ModelSpec, Settings
-from streamproc.workers import load_models
+from streamproc.worker.embedder import load_models
 
 
 def test_a_model_that_cannot_be_loaded_is_a_configuration_error(tmp_path: Any) -> None:

@@ -49,15 +49,15 @@ def run_role(settings: Settings, role: str) -> NoReturn:
     is touched."""
     from streamproc.backfill.commands import read_jobs
     from streamproc.backfill.replayer import ModelPool
+    from streamproc.chunking.tokenizers import token_counters
     from streamproc.pipeline.embedder import Embedder
     from streamproc.weaviate_store import WeaviateStore, connect
-    from streamproc.workers import (
+    from streamproc.worker.chunker import create_chunker_app
+    from streamproc.worker.embedder import (
         background_pacing,
-        create_chunker_app,
         create_embedder_app,
         load_models,
         prepare_targets,
-        token_counters,
     )
 
     telemetry.setup(settings.telemetry, f"streamproc-{role}")

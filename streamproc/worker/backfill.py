@@ -1,0 +1,185 @@
+"""The backfill side of the embedder worker: the job table, the agent applying backfill
+commands to it, the supervisor of running jobs and the acknowledgement of retires."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from faust.types import TP, EventT
+from weaviate.exceptions import WeaviateBaseError
+
+from streamproc import telemetry
+from streamproc.avro_codec import load_schemas
+from streamproc.backfill.jobs import apply_command, jobs_to_start, now, retire, retired_collections
+from streamproc.backfill.replayer import JobStore, LiveLoad, ModelPool, Replayer
+from streamproc.backfill.view import JobsView
+from streamproc.delivery import crash, is_transient
+from streamproc.dlq import dead_letter
+from streamproc.errors import SchemaError
+from streamproc.pipeline.embedder import Embedder
+from streamproc.settings import Settings
+from streamproc.weaviate_store import WeaviateStore
+from streamproc.worker.app import handed_check, outbox_for
+
+log = logging.getLogger(__name__)
+
+
+def add_backfill(
+    app: faust.App,
+    settings: Settings,
+    embedder: Embedder,
+    store: WeaviateStore,
+    models: ModelPool,
+    view: JobsView,
+    live: LiveLoad,
+) -> None:
+    """The job table, the agent applying backfill commands to it, and the supervisor that runs
+    jobs, all in the embedder worker that owns the table's one partition."""
+    command_codec = load_schemas(settings.schemas_dir).codec("BackfillCommand")
+    commands = app.topic(
+        settings.topic("backfill-commands"), key_serializer="raw", value_serializer="raw"
+    )
+    commands_tp = TP(commands.get_topic_name(), 0)
+    # One partition: one worker owns every job, so a job never runs in two places.
+    table = app.Table(
+        "backfill_jobs",
+        default=None,
+        key_type=str,
+        value_type=bytes,
+        partitions=1,
+        use_partitioner=True,
+    )
+    # Values are the Avro records themselves, so the CLI and other workers can read the
+    # changelog. Set before the changelog topic is first built, which copies it.
+    table.value_serializer = "raw"
+
+    def owns() -> bool:
+        return not app.rebalancing and commands_tp in app.assignor.assigned_actives()
+
+    # Present from the start: a rate over a series that does not exist yet is "no data".
+    telemetry.reembed_completed.add(0)
+    telemetry.reembed_failed.add(0)
+    jobs = JobStore(table, settings, owns)
+    replayer = Replayer(settings, store, embedder, models, jobs, view, live)
+    running: dict[str, asyncio.Task[None]] = {}
+    telemetry.backfill_jobs.update(
+        active=lambda: sum(not t.done() for t in running.values()),
+        queued=lambda: sum(j["state"] == "PENDING" for j in jobs.all()) if owns() else 0,
+    )
+
+    check_handed = handed_check(settings, f"{settings.worker.app_id}-embedder")
+
+    @app.agent(commands)
+    async def backfill_commands(stream: faust.Stream) -> None:
+        async for event in stream.events():
+            try:
+                await check_handed((event,))
+                await apply(event)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                crash("backfill commands", exc)
+
+    async def apply(event: EventT) -> None:
+        try:
+            command = command_codec.decode(event.value or b"")
+        except SchemaError as exc:
+            outbox = outbox_for(app)
+            await dead_letter(outbox, event, exc)
+            await outbox.confirm()
+            return
+        if command["acked_by"] is not None:
+            return  # an embedder's acknowledgement of a retire: for the `retire` command
+        at = now()
+        if command["op"] == "RETIRE":
+            changed = retire(jobs.all(), command["target_collection"], at)
+        else:
+            job = apply_command(jobs.get(command["job_id"]), command, at)
+            changed = [job] if job is not None else []
+        for job in changed:
+            jobs.put(job)
+        log.info(
+            "backfill command",
+            extra={"op": command["op"], "job_id": command["job_id"], "changed": len(changed)},
+        )
+
+    @app.timer(interval=1.0)
+    async def supervise_backfills() -> None:
+        if app.in_recovery or not owns():
+            for task in running.values():
+                task.cancel()
+            running.clear()
+            return
+        all_jobs = jobs.all()
+        retired = {j["job_id"] for j in all_jobs if j["retired"]}
+        for job_id, task in running.items():
+            # Its collection is about to be dropped: a replay hung on it never holds it up.
+            if job_id in retired:
+                task.cancel()
+        for job_id in [j for j, t in running.items() if t.done()]:
+            running.pop(job_id)
+        resumed = [j for j in all_jobs if j["state"] == "RUNNING" and j["job_id"] not in running]
+        limit = settings.backfill.max_concurrent_jobs
+        for job in resumed + jobs_to_start(all_jobs, len(running) + len(resumed), limit):
+            running[job["job_id"]] = asyncio.ensure_future(replayer.run(job["job_id"]))
+
+    # Collection -> (member id, retired job ids) this worker acknowledged.
+    acked: dict[str, tuple[str, frozenset[str]]] = {}
+
+    @app.timer(interval=1.0)
+    async def acknowledge_retires() -> None:
+        """Once this worker's view says a collection is retired and none of its tasks may
+        still write it, say so on `backfill-commands`: `collections retire` drops it only
+        when every member of the embedder group has."""
+        member = _member_id(app)
+        if member is None:
+            return  # not in the group: `retire` waits for members only
+        try:
+            await acknowledge(member)
+        except Exception as exc:
+            if not (is_transient(exc) or isinstance(exc, WeaviateBaseError)):
+                raise
+            # Kafka or Weaviate away for a moment: the next tick tries again.
+            log.warning("retire acknowledgement postponed", extra={"exc_type": type(exc).__name__})
+
+    async def acknowledge(member: str) -> None:
+        for collection, job_ids in retired_collections((await view.refresh()).values()).items():
+            if acked.get(collection) == (member, job_ids) or view.writers.busy(collection):
+                continue
+            # A dropped collection needs no acknowledgement (a new member id would otherwise
+            # acknowledge every collection ever retired again).
+            if not await asyncio.to_thread(store.client.collections.exists, collection):
+                acked[collection] = (member, job_ids)
+                continue
+            ack = {
+                "op": "RETIRE",
+                "job_id": "",
+                "target_collection": collection,
+                "acked_by": member,
+                "acked_jobs": sorted(job_ids),
+                "requested_at": now(),
+            }
+            outbox = outbox_for(app)
+            key = f"{collection}/{member}".encode()
+            await outbox.send(commands.get_topic_name(), key, command_codec.encode(ack))
+            await outbox.confirm()
+            acked[collection] = (member, job_ids)
+            log.info("retire acknowledged", extra={"collection": collection, "member": member})
+
+    @app.on_before_shutdown.connect
+    async def stop_backfills(_app: faust.App, **_kwargs: Any) -> None:
+        for task in running.values():
+            task.cancel()
+        await view.stop()
+
+
+def _member_id(app: faust.App) -> str | None:
+    """This worker's member id in the embedder group, as `describe_consumer_groups` lists it
+    (None until it has joined). Faust does not expose it; its aiokafka consumer does."""
+    thread = getattr(app.consumer, "_thread", None)
+    coordinator = getattr(getattr(thread, "_consumer", None), "_coordinator", None)
+    member = getattr(coordinator, "member_id", None)
+    return str(member) if member else None
