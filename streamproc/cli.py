@@ -14,6 +14,7 @@ from streamproc.errors import StreamprocError
 from streamproc.logs import configure_logging, silence_dependency_warnings
 from streamproc.search import DEFAULT_FUSION, DEFAULT_MODE, DEFAULT_TARGETS, Fusion, Mode
 from streamproc.settings import Settings, load_settings
+from streamproc.topics import dead_letter_topic, topic_name, topics_for
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 dev_app = typer.Typer(no_args_is_help=True, help="Local Kafka and Weaviate without Docker.")
@@ -154,7 +155,7 @@ def tail(
         asyncio.run(
             tail_topic(
                 settings,
-                settings.topic(topic),
+                topic_name(settings, topic),
                 from_beginning,
                 max_messages,
                 idle_timeout,
@@ -217,7 +218,7 @@ def produce(
         )
     except StreamprocError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"produced {sent} event(s) to {settings.topic('chunk-requested')}")
+    typer.echo(f"produced {sent} event(s) to {topics_for(settings).chunk_requested.name}")
 
 
 @app.command("verify")
@@ -334,7 +335,7 @@ def dlq_replay(
         count = asyncio.run(replay(settings, topic))
     except StreamprocError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"replayed {count} message(s) from {settings.topic(topic)}.dlq")
+    typer.echo(f"replayed {count} message(s) from {dead_letter_topic(topic_name(settings, topic))}")
 
 
 backfill_app = typer.Typer(no_args_is_help=True, help="Model rotation: replay jobs.")

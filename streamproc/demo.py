@@ -21,7 +21,6 @@ import typer
 from aiokafka import TopicPartition
 from tqdm import tqdm
 
-from streamproc.avro_codec import load_schemas
 from streamproc.backfill.alias import promote, rollback
 from streamproc.backfill.commands import follow_job, read_jobs, start_job
 from streamproc.backfill.jobs import conflicting_job, describe, now
@@ -36,6 +35,7 @@ from streamproc.naming import chunk_key
 from streamproc.produce import Document, content_type, expand, produce_documents
 from streamproc.search import search_alias
 from streamproc.settings import REPO_ROOT, ModelSpec, Settings
+from streamproc.topics import topics_for
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
 from streamproc.verify import verify_collection
@@ -98,7 +98,7 @@ def run_demo(settings: Settings, manage_services: bool = True) -> None:
         docs = expand([str(CORPUS)])
         keys = expected_keys(settings, docs)
         configured = {settings.collection_for(m) for m in settings.target_models}
-        start_offsets = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
+        start_offsets = asyncio.run(end_offsets(settings, topics_for(settings).embed_done.name))
         log = settings.local.state_dir / "demo-worker.log"
         serve_log = settings.local.state_dir / "demo-serve.log"
         served = [settings.active_model, second.name]
@@ -189,14 +189,14 @@ async def _await_embedded(
 ) -> None:
     """Until every (chunk key, configured collection) has an EMBEDDED record: records of other
     collections (a completed backfill's target keeps getting live writes) do not count."""
-    codec = load_schemas(settings.schemas_dir).codec("EmbedDone")
+    embed_done = topics_for(settings).embed_done
     seen: set[tuple[str, str]] = set()
     idle_since = time.monotonic()
     with tqdm(total=len(wanted), desc="embedded", unit="chunk") as bar:
         async with aclosing(follow(settings, start)) as polls:
             async for records in polls:
                 for record in records:
-                    done = codec.decode(record.value)
+                    done = embed_done.decode(record.value)
                     key = (done["chunk_key"], done["collection"])
                     if done["status"] == "EMBEDDED" and key in wanted and key not in seen:
                         seen.add(key)

@@ -16,18 +16,14 @@ from streamproc.delivery import Outbox
 from streamproc.errors import PermanentError
 from streamproc.kafka_io import consumer_client, producer
 from streamproc.settings import Settings
+from streamproc.topics import dead_letter_topic, group_id, topic_name
 
-DLQ_SUFFIX = ".dlq"
 DLQ_HEADER_PREFIX = "streamproc.dlq."
 # An ingest event's headers carry trace context and a few ids; more is not an ingest event, and
 # copied onto the record's chunks or dead letter it could push them over Kafka's size limit.
 MAX_HEADER_BYTES = 64 * 1024
 
 log = logging.getLogger(__name__)
-
-
-def dlq_topic(topic: str) -> str:
-    return topic + DLQ_SUFFIX
 
 
 async def replay(
@@ -38,11 +34,11 @@ async def replay(
 
     The original bytes and headers go back as they came; our reason headers are dropped.
     """
-    source = settings.topic(topic)
-    dlq = dlq_topic(source)
+    source = topic_name(settings, topic)
+    dlq = dead_letter_topic(source)
     consumer = consumer_client(
         settings,
-        group_id=f"{settings.worker.app_id}-dlq-replay",
+        group_id=group_id(settings, "dlq-replay"),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
@@ -131,7 +127,7 @@ async def dead_letter(outbox: Outbox, event: EventT, error: Exception) -> None:
         },
     )
     await outbox.send(
-        dlq_topic(message.topic), message.key, message.value, dlq_headers(event, error)
+        dead_letter_topic(message.topic), message.key, message.value, dlq_headers(event, error)
     )
 
 

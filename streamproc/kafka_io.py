@@ -26,6 +26,7 @@ from aiokafka.helpers import create_ssl_context
 from streamproc.avro_codec import SINGLE_OBJECT_MAGIC, Schemas, load_schemas
 from streamproc.errors import ConfigurationError, SchemaError, StreamprocError
 from streamproc.settings import KafkaSettings, Settings
+from streamproc.topics import topics_for
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
@@ -367,7 +368,7 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 async def live_chunks(settings: Settings) -> dict[str, bytes]:
     """The chunk topic's current state: the latest non-tombstone value of every chunk key."""
     live: dict[str, bytes] = {}
-    async for record in read_to_end(settings, settings.topic("chunks")):
+    async for record in read_to_end(settings, topics_for(settings).chunks.name):
         key = record.key.decode() if record.key is not None else ""
         if record.value is None:
             live.pop(key, None)

@@ -15,11 +15,11 @@ from opentelemetry.trace import SpanKind
 from tqdm import tqdm
 
 from streamproc import telemetry
-from streamproc.avro_codec import load_schemas
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import producer
 from streamproc.naming import document_key
 from streamproc.settings import Settings
+from streamproc.topics import topics_for
 
 CONTENT_TYPES = {
     ".md": "text/markdown",
@@ -121,8 +121,7 @@ async def produce_documents(
     settings: Settings, docs: list[Document], tenant: str, op: str, *, force: bool = False
 ) -> int:
     """Send one event per document (key tenant/doc_id) and wait until Kafka has them all."""
-    codec = load_schemas(settings.schemas_dir).codec("ChunkRequested")
-    topic = settings.topic("chunk-requested")
+    topic = topics_for(settings).chunk_requested
     async with producer(settings) as prod:
         futures = []
         for doc in tqdm(docs, desc="producing", unit="doc", disable=len(docs) < 2):
@@ -130,15 +129,15 @@ async def produce_documents(
             key = document_key(tenant, doc.doc_id).encode()
             # The root of the document's trace: every agent continues it from these headers.
             with telemetry.tracer.start_as_current_span(
-                f"send {topic}",
+                f"send {topic.name}",
                 kind=SpanKind.PRODUCER,
                 attributes=telemetry.publish_attributes(
-                    topic, **{"streamproc.tenant": tenant, "streamproc.doc_id": doc.doc_id}
+                    topic.name, **{"streamproc.tenant": tenant, "streamproc.doc_id": doc.doc_id}
                 ),
             ):
                 futures.append(
                     await prod.send(
-                        topic, codec.encode(event), key=key, headers=telemetry.kafka_headers()
+                        topic.name, topic.encode(event), key=key, headers=telemetry.kafka_headers()
                     )
                 )
         await asyncio.gather(*futures)

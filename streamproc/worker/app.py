@@ -20,6 +20,7 @@ from streamproc.health import Health
 from streamproc.kafka_io import faust_credentials, records_between
 from streamproc.pipeline.offsets import HandedOffsets
 from streamproc.settings import Settings
+from streamproc.topics import group_id, topics_for
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ ROLES = ("chunker", "embedder")
 
 def faust_app(settings: Settings, role: str) -> faust.App:
     worker = settings.worker
-    app_id = f"{worker.app_id}-{role}"
+    app_id = group_id(settings, role)
     datadir = worker.data_dir / app_id
     datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
@@ -38,7 +39,8 @@ def faust_app(settings: Settings, role: str) -> faust.App:
         store="memory://",
         autodiscover=False,
         datadir=str(datadir),
-        topic_partitions=6,
+        # What Faust gives a topic it creates without a count; every table names its own.
+        topic_partitions=topics_for(settings).chunk_requested.partitions,
         topic_replication_factor=worker.internal_replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,

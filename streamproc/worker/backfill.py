@@ -12,7 +12,6 @@ from faust.types import TP, EventT
 from weaviate.exceptions import WeaviateBaseError
 
 from streamproc import telemetry
-from streamproc.avro_codec import load_schemas
 from streamproc.backfill.jobs import apply_command, jobs_to_start, now, retire, retired_collections
 from streamproc.backfill.replayer import JobStore, LiveLoad, ModelPool, Replayer
 from streamproc.backfill.view import JobsView
@@ -21,6 +20,7 @@ from streamproc.dlq import dead_letter
 from streamproc.errors import SchemaError
 from streamproc.pipeline.embedder import Embedder
 from streamproc.settings import Settings
+from streamproc.topics import JOBS_TABLE, group_id, topics_for
 from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.app import handed_check, outbox_for
 
@@ -38,18 +38,17 @@ def add_backfill(
 ) -> None:
     """The job table, the agent applying backfill commands to it, and the supervisor that runs
     jobs, all in the embedder worker that owns the table's one partition."""
-    command_codec = load_schemas(settings.schemas_dir).codec("BackfillCommand")
-    commands = app.topic(
-        settings.topic("backfill-commands"), key_serializer="raw", value_serializer="raw"
-    )
+    command_topic = topics_for(settings).backfill_commands
+    commands = app.topic(command_topic.name, key_serializer="raw", value_serializer="raw")
     commands_tp = TP(commands.get_topic_name(), 0)
-    # One partition: one worker owns every job, so a job never runs in two places.
+    # One partition (the topology's): one worker owns every job, so a job never runs in two
+    # places.
     table = app.Table(
-        "backfill_jobs",
+        JOBS_TABLE,
         default=None,
         key_type=str,
         value_type=bytes,
-        partitions=1,
+        partitions=command_topic.partitions,
         use_partitioner=True,
     )
     # Values are the Avro records themselves, so the CLI and other workers can read the
@@ -70,7 +69,7 @@ def add_backfill(
         queued=lambda: sum(j["state"] == "PENDING" for j in jobs.all()) if owns() else 0,
     )
 
-    check_handed = handed_check(settings, f"{settings.worker.app_id}-embedder")
+    check_handed = handed_check(settings, group_id(settings, "embedder"))
 
     @app.agent(commands)
     async def backfill_commands(stream: faust.Stream) -> None:
@@ -85,7 +84,7 @@ def add_backfill(
 
     async def apply(event: EventT) -> None:
         try:
-            command = command_codec.decode(event.value or b"")
+            command = command_topic.decode(event.value or b"")
         except SchemaError as exc:
             outbox = outbox_for(app)
             await dead_letter(outbox, event, exc)
@@ -164,7 +163,7 @@ def add_backfill(
             }
             outbox = outbox_for(app)
             key = f"{collection}/{member}".encode()
-            await outbox.send(commands.get_topic_name(), key, command_codec.encode(ack))
+            await outbox.send(commands.get_topic_name(), key, command_topic.encode(ack))
             await outbox.confirm()
             acked[collection] = (member, job_ids)
             log.info("retire acknowledged", extra={"collection": collection, "member": member})

@@ -13,7 +13,6 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from streamproc import telemetry
-from streamproc.avro_codec import load_schemas
 from streamproc.chunking.changes import DocumentState
 from streamproc.chunking.tokenizers import HFTokenCounter, splitter_for
 from streamproc.delivery import crash, retry_transient
@@ -22,6 +21,7 @@ from streamproc.errors import PermanentError, SchemaError, StaleEventError
 from streamproc.naming import document_key
 from streamproc.pipeline.chunker import Chunker, ChunkerOutput
 from streamproc.settings import Settings
+from streamproc.topics import group_id, topics_for
 from streamproc.worker.app import faust_app, handed_check, outbox_for, watch
 
 log = logging.getLogger(__name__)
@@ -30,21 +30,22 @@ tracer = telemetry.tracer
 
 def create_chunker_app(settings: Settings, counters: list[HFTokenCounter]) -> faust.App:
     app = faust_app(settings, "chunker")
-    schemas = load_schemas(settings.schemas_dir)
-    requested_codec = schemas.codec("ChunkRequested")
-    record_codec = schemas.codec("ChunkRecord")
-    embed_codec = schemas.codec("EmbedRequested")
+    topics = topics_for(settings)
     chunker = Chunker(settings.chunking, splitter_for(settings, counters), settings.sources)
-    source = app.topic(
-        settings.topic("chunk-requested"), key_serializer="raw", value_serializer="raw"
-    )
-    chunks_topic = settings.topic("chunks")
-    embed_topic = settings.topic("embed-requested")
+    source = app.topic(topics.chunk_requested.name, key_serializer="raw", value_serializer="raw")
+    chunks_topic = topics.chunks.name
+    embed_topic = topics.embed_requested.name
     # Chunk fingerprints per document key; co-partitioned with chunk-requested (same key).
-    documents = app.Table("documents", default=None, key_type=str, value_type=str, partitions=6)
+    documents = app.Table(
+        "documents",
+        default=None,
+        key_type=str,
+        value_type=str,
+        partitions=topics.chunk_requested.partitions,
+    )
     pool = ThreadPoolExecutor(1, thread_name_prefix="chunk")
 
-    group = f"{settings.worker.app_id}-chunker"
+    group = group_id(settings, "chunker")
     inflight = watch(app, settings, source.get_topic_name(), group).inflight
     check_handed = handed_check(settings, group)
 
@@ -83,7 +84,7 @@ def create_chunker_app(settings: Settings, counters: list[HFTokenCounter]) -> fa
             await outbox.confirm()
             return
         try:
-            record = requested_codec.decode_any(event.value or b"")
+            record = topics.chunk_requested.codec.decode_any(event.value or b"")
         except Exception as exc:
             error = exc if isinstance(exc, SchemaError) else unexpected(exc, "undecodable")
             await dead_letter(outbox, event, error)
@@ -148,11 +149,11 @@ def create_chunker_app(settings: Settings, counters: list[HFTokenCounter]) -> fa
                     await outbox.send(
                         chunks_topic,
                         key.encode(),
-                        record_codec.encode(value) if value is not None else None,
+                        topics.chunks.encode(value) if value is not None else None,
                         headers,
                     )
                 await outbox.send(
-                    embed_topic, doc_key.encode(), embed_codec.encode(request), headers
+                    embed_topic, doc_key.encode(), topics.embed_requested.encode(request), headers
                 )
         # Confirmed downstream before the state moves on and the offset can commit.
         await outbox.confirm()

@@ -16,7 +16,6 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind
 
 from streamproc import telemetry
-from streamproc.avro_codec import load_schemas
 from streamproc.backfill.jobs import Job, live_write_collections, live_write_scopes
 from streamproc.backfill.live import ScopedTarget, write_targets
 from streamproc.backfill.replayer import LiveLoad, ModelPool
@@ -30,6 +29,7 @@ from streamproc.naming import document_key
 from streamproc.pipeline.embedder import Background, Embedder, Target
 from streamproc.pipeline.ordered import InOrder
 from streamproc.settings import Settings
+from streamproc.topics import group_id, topics_for
 from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.app import faust_app, handed_check, outbox_for, watch
 from streamproc.worker.backfill import add_backfill
@@ -63,13 +63,9 @@ def create_embedder_app(
     settings: Settings, embedder: Embedder, store: WeaviateStore, models: ModelPool
 ) -> faust.App:
     app = faust_app(settings, "embedder")
-    schemas = load_schemas(settings.schemas_dir)
-    embed_codec = schemas.codec("EmbedRequested")
-    done_codec = schemas.codec("EmbedDone")
-    source = app.topic(
-        settings.topic("embed-requested"), key_serializer="raw", value_serializer="raw"
-    )
-    done_topic = settings.topic("embed-done")
+    topics = topics_for(settings)
+    source = app.topic(topics.embed_requested.name, key_serializer="raw", value_serializer="raw")
+    done_topic = topics.embed_done.name
     view = JobsView(settings)
     live = LiveLoad(settings)
     add_backfill(app, settings, embedder, store, models, view, live)
@@ -92,7 +88,7 @@ def create_embedder_app(
             for collection, (name, tenant) in scopes.items()
         ]
 
-    group = f"{settings.worker.app_id}-embedder"
+    group = group_id(settings, "embedder")
     inflight = watch(app, settings, source.get_topic_name(), group).inflight
     check_handed = handed_check(settings, group)
 
@@ -162,7 +158,7 @@ def create_embedder_app(
         requests, kept = [], []
         for event in events:
             try:
-                requests.append(embed_codec.decode(event.value or b""))
+                requests.append(topics.embed_requested.decode(event.value or b""))
                 kept.append(event)
             except Exception as exc:
                 error = exc if isinstance(exc, SchemaError) else unexpected(exc, "undecodable")
@@ -209,7 +205,7 @@ def create_embedder_app(
                     await outbox.send(
                         done_topic,
                         document_key(done["tenant"], done["doc_id"]).encode(),
-                        done_codec.encode(done),
+                        topics.embed_done.encode(done),
                         telemetry.kafka_headers(),
                     )
 

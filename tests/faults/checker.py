@@ -18,10 +18,11 @@ from uuid import UUID
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
 from streamproc.chunking.tokenizers import splitter_for
-from streamproc.dlq import DLQ_SUFFIX
+from streamproc.dlq import DLQ_HEADER_PREFIX
 from streamproc.kafka_io import decode_value, live_chunks, read_to_end
 from streamproc.naming import chunk_key, object_uuid
 from streamproc.settings import Settings
+from streamproc.topics import dead_letter_topic, topic_name
 from streamproc.weaviate_store import WeaviateStore, connect
 
 DLQ_TOPICS = ("chunk-requested", "embed-requested", "backfill-commands")
@@ -206,11 +207,12 @@ def read_objects(settings: Settings, collection: str) -> dict[str, dict[UUID, tu
 def read_dead_letters(settings: Settings) -> list[tuple[str, str, str]]:
     out = []
     for topic in DLQ_TOPICS:
-        name = settings.topic(topic + DLQ_SUFFIX)
+        name = dead_letter_topic(topic_name(settings, topic))
         for record, _ in asyncio.run(_topic(settings, name)):
             headers = {k: v.decode(errors="replace") for k, v in record.headers}
             key = record.key.decode(errors="replace") if record.key is not None else ""
-            out.append((topic + DLQ_SUFFIX, key, headers.get("streamproc.dlq.reason", "?")))
+            reason = headers.get(DLQ_HEADER_PREFIX + "reason", "?")
+            out.append((dead_letter_topic(topic), key, reason))
     return out
 
 
