@@ -43,13 +43,12 @@ from bench.pipeline import (
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.alias import retire
 from streamproc.backfill.commands import start_job, wait_for
-from streamproc.demo import CORPUS
 from streamproc.derive import projected_model
 from streamproc.kafka_io import end_offsets
 from streamproc.models import load_model
 from streamproc.naming import document_key
 from streamproc.produce import event_for, expand
-from streamproc.settings import REPO_ROOT, ModelSpec, Settings
+from streamproc.settings import CORPUS, REPO_ROOT, ModelSpec, Settings
 from streamproc.worker.runner import worker_subprocess
 
 RESULTS = REPO_ROOT / "bench" / "results" / "backfill.json"

@@ -37,7 +37,7 @@ from aiokafka import TopicPartition
 from streamproc.avro_codec import load_schemas
 from streamproc.chunking.extract import extract_sections
 from streamproc.chunking.tokenizers import splitter_for
-from streamproc.demo import CORPUS, local_services
+from streamproc.demo import local_services
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import admin_client, end_offsets, follow, producer
 from streamproc.models import EmbeddingModel, load_model
@@ -45,7 +45,7 @@ from streamproc.naming import document_key, object_uuid
 from streamproc.otlp_receiver import OtlpReceiver
 from streamproc.pipeline.chunker import Chunker
 from streamproc.produce import event_for, expand
-from streamproc.settings import REPO_ROOT, Settings
+from streamproc.settings import CORPUS, REPO_ROOT, Settings
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
 from streamproc.weaviate_store import CONTENT_VECTOR, ChunkObject, WeaviateStore, connect

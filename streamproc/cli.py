@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from streamproc.backfill.jobs import PRIORITIES
 from streamproc.errors import StreamprocError
 from streamproc.logs import configure_logging, silence_dependency_warnings
 from streamproc.search import DEFAULT_FUSION, DEFAULT_MODE, DEFAULT_TARGETS, Fusion, Mode
@@ -346,11 +347,8 @@ app.add_typer(alias_app, name="alias")
 app.add_typer(collections_app, name="collections")
 
 
-class Priority(StrEnum):
-    LOW = "LOW"
-    MEDIUM = "MEDIUM"
-    HIGH = "HIGH"
-    CRITICAL = "CRITICAL"
+# The job table's priorities, as the CLI's choices.
+Priority = StrEnum("Priority", {p: p for p in PRIORITIES})  # type: ignore[misc]
 
 
 def _print_verification(lines: list[str]) -> None:

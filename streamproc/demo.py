@@ -34,7 +34,7 @@ from streamproc.localservices.manager import LocalServices
 from streamproc.naming import chunk_key
 from streamproc.produce import Document, content_type, expand, produce_documents
 from streamproc.search import search_alias
-from streamproc.settings import REPO_ROOT, ModelSpec, Settings
+from streamproc.settings import CORPUS, ModelSpec, Settings
 from streamproc.topics import topics_for
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
@@ -42,7 +42,6 @@ from streamproc.verify import verify_collection
 from streamproc.weaviate_store import WeaviateStore, connect, query_endpoint
 from streamproc.worker.runner import worker_subprocess
 
-CORPUS = REPO_ROOT / "corpus" / "docs"
 TENANT = "demo"
 QUERIES = [
     "When is the exit of a goroutine guaranteed to be observed by another goroutine?",

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from streamproc.models import quiet_transformers, resolve_source
-from streamproc.settings import REPO_ROOT, ModelSpec
+from streamproc.settings import CORPUS, ModelSpec
 
 PROJECTED_DIM = 128
-CORPUS = REPO_ROOT / "corpus" / "docs"
 
 
 def derive_projection(

@@ -30,6 +30,8 @@ from streamproc.naming import collection_name
 # The checkout's root: only the demo, the tests and the benchmarks use it (for the corpus and
 # the deploy files); an installed package finds its own data through `package_data`.
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The demo's and the tests' documents (Go's documentation), in a checkout.
+CORPUS = REPO_ROOT / "corpus" / "docs"
 # A worker child's settings, secrets included: a process's environment is never on disk, and
 # only its own user (and root) can read it.
 CHILD_SETTINGS_ENV = "STREAMPROC_SETTINGS_JSON"

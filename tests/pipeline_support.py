@@ -35,11 +35,9 @@ from streamproc.localservices.process import check_ports_free
 from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import load_model
 from streamproc.search import search_alias
-from streamproc.settings import REPO_ROOT, Settings, child_env
+from streamproc.settings import CORPUS, Settings, child_env
 from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
 from streamproc.worker.runner import child_environ, worker_argv
-
-CORPUS = REPO_ROOT / "corpus" / "docs"
 
 
 def free_ports(count: int) -> list[int]:

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import faust
@@ -20,16 +22,17 @@ from streamproc.backfill.jobs import Job, live_write_collections, live_write_sco
 from streamproc.backfill.live import ScopedTarget, write_targets
 from streamproc.backfill.replayer import LiveLoad, ModelPool
 from streamproc.backfill.view import JobsView
-from streamproc.delivery import crash, guarded, retry_transient
+from streamproc.delivery import Outbox, crash, guarded, retry_transient
 from streamproc.dlq import dead_letter, unexpected
 from streamproc.errors import ConfigurationError, PermanentError, SchemaError
 from streamproc.failpoints import fail_point
+from streamproc.health import InFlight
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import document_key
-from streamproc.pipeline.embedder import Background, Embedder, Target
+from streamproc.pipeline.embedder import Background, BatchResult, Embedder, Target
 from streamproc.pipeline.ordered import InOrder
-from streamproc.settings import Settings
-from streamproc.topics import group_id, topics_for
+from streamproc.settings import EmbedderSettings, Settings
+from streamproc.topics import Topics, group_id, topics_for
 from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.app import faust_app, handed_check, outbox_for, watch
 from streamproc.worker.backfill import add_backfill
@@ -65,211 +68,281 @@ def create_embedder_app(
     app = faust_app(settings, "embedder")
     topics = topics_for(settings)
     source = app.topic(topics.embed_requested.name, key_serializer="raw", value_serializer="raw")
-    done_topic = topics.embed_done.name
     view = JobsView(settings)
     live = LiveLoad(settings)
     add_backfill(app, settings, embedder, store, models, view, live)
+    group = group_id(settings, "embedder")
+    agent = EmbedAgent(
+        app,
+        topics,
+        embedder,
+        BackfillTargets(embedder, view, models),
+        live,
+        settings.embedder,
+        group,
+        watch(app, settings, source.get_topic_name(), group).inflight,
+        handed_check(settings, group),
+    )
+    app.agent(source, name="embed")(agent.run)
+    return app
 
-    async def backfill_targets() -> list[ScopedTarget]:
-        """Every collection besides the configured ones that a backfill job has live traffic
-        write, with the job's tenant scope. The calling task holds them until it ends: a
-        retire of one is acknowledged only after that."""
-        configured = {t.collection for t in embedder.targets}
+
+class BackfillTargets:
+    """Every collection besides the configured ones that a backfill job has live traffic
+    write, with the job's tenant scope."""
+
+    def __init__(self, embedder: Embedder, view: JobsView, models: ModelPool) -> None:
+        self.embedder = embedder
+        self.view = view
+        self.models = models
+
+    async def __call__(self) -> list[ScopedTarget]:
+        """The calling task holds them until it ends: a retire of one is acknowledged only
+        after that."""
+        configured = {t.collection for t in self.embedder.targets}
         scopes = {
             collection: scope
-            for collection, scope in live_write_scopes((await view.refresh()).values()).items()
+            for collection, scope in live_write_scopes((await self.view.refresh()).values()).items()
             if collection not in configured
         }
-        view.writers.hold(scopes)
+        self.view.writers.hold(scopes)
         # Preloaded at start-up or by the job's replay; a job started since on another
         # worker loads here once. An unknown model raises: never skipped in silence.
         return [
-            ScopedTarget(Target(await models.get(name), collection), tenant)
+            ScopedTarget(Target(await self.models.get(name), collection), tenant)
             for collection, (name, tenant) in scopes.items()
         ]
 
-    group = group_id(settings, "embedder")
-    inflight = watch(app, settings, source.get_topic_name(), group).inflight
-    check_handed = handed_check(settings, group)
 
-    @app.agent(source)
-    async def embed(stream: faust.Stream) -> None:
+@dataclass
+class Batch:
+    """One taken batch on its way through the agent."""
+
+    events: list[EventT]
+    span: trace.Span
+    outbox: Outbox
+    started: float = field(default_factory=time.perf_counter)
+    # The decodable events, and their requests, by request index.
+    kept: list[EventT] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    results: list[BatchResult] = field(default_factory=list)
+
+    @property
+    def headers_of(self) -> dict[str, Any]:
+        return {
+            r["chunk_key"]: e.message.headers for r, e in zip(self.requests, self.kept, strict=True)
+        }
+
+
+class EmbedAgent:
+    """Takes embed requests in micro-batches, writes them to the configured collections, then,
+    behind the stream, to backfill targets, and acks each batch once its writes and embed-done
+    records are confirmed."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        topics: Topics,
+        embedder: Embedder,
+        backfill_targets: BackfillTargets,
+        live: LiveLoad,
+        batching: EmbedderSettings,
+        group: str,
+        inflight: InFlight,
+        check_handed: Callable[[Iterable[EventT]], Awaitable[None]],
+    ) -> None:
+        self.app = app
+        self.topics = topics
+        self.embedder = embedder
+        self.backfill_targets = backfill_targets
+        self.live = live
+        self.batching = batching
+        self.group = group
+        self.inflight = inflight
+        self.check_handed = check_handed
+
+    async def run(self, stream: faust.Stream) -> None:
         # A batch's backfill-target writes, DLQ sends and ack run behind the stream, so the
         # next batch's configured collections do not wait for them; acks stay in order.
         finishing = InOrder(MAX_UNFINISHED_BATCHES)
         try:
             async for taken in stream.noack_take(
-                settings.embedder.max_events, within=settings.embedder.max_wait_s
+                self.batching.max_events, within=self.batching.max_wait_s
             ):
-                # Taken before a rebalance: the partition's new owner, or this worker again
-                # after its seek to the committed offset, is handed them anew, and writing
-                # them here could land after newer versions.
-                generation = app.consumer_generation_id
-                assigned = app.consumer.assignment()
-                events = [
-                    e
-                    for e in taken
-                    if e.message.generation_id == generation and e.message.tp in assigned
-                ]
-                if not events:
-                    continue
-                first = events[0].message
-                links = [link for e in events if (link := telemetry.link_to(e.message.headers))]
-                # A batch has many parents: it starts its own trace and links to every message.
-                # The span ends when the batch is acked.
-                span = tracer.start_span(
-                    f"process {first.topic}",
-                    context=Context(),
-                    kind=SpanKind.CONSUMER,
-                    links=links,
-                    attributes={
-                        **telemetry.consume_attributes(first.topic, first.partition, None, group),
-                        "messaging.batch.message_count": len(events),
-                    },
-                )
-                token = inflight.enter()
-                try:
-                    with trace.use_span(span):
-                        await check_handed(events)
-                        finish = await handle(stream, events, span)
-                        done = await finishing.add(guarded("embedder: finishing a batch", finish))
-                        # Ran, or cancelled unacked at a stop: no longer in flight either way.
-                        done.add_done_callback(lambda _, t=token: inflight.leave(t))
-                except asyncio.CancelledError:
-                    inflight.leave(token)
-                    span.end()
-                    raise
-                except BaseException as exc:
-                    # Faust would restart the agent, ack what this batch held and commit
-                    # across the gap.
-                    crash("embedder", exc)
+                if events := self._current(taken):
+                    await self._take(stream, events, finishing)
         finally:
             # Unacked batches are delivered again: at least once.
             finishing.cancel()
 
-    async def handle(
-        stream: faust.Stream, events: list[EventT], span: trace.Span
-    ) -> Callable[[], Awaitable[None]]:
-        """The batch into the configured collections, their embed-done records sent; returns
-        the rest of the batch's work (backfill targets, DLQ, waiting for the sends, the ack),
-        which ends the batch's span."""
-        started = time.perf_counter()
-        outbox = outbox_for(app)
-        requests, kept = [], []
-        for event in events:
+    def _current(self, taken: list[EventT]) -> list[EventT]:
+        """Less the events taken before a rebalance: the partition's new owner, or this worker
+        again after its seek to the committed offset, is handed them anew, and writing them
+        here could land after newer versions."""
+        generation = self.app.consumer_generation_id
+        assigned = self.app.consumer.assignment()
+        return [
+            e for e in taken if e.message.generation_id == generation and e.message.tp in assigned
+        ]
+
+    async def _take(self, stream: faust.Stream, events: list[EventT], finishing: InOrder) -> None:
+        span = self._span(events)
+        token = self.inflight.enter()
+        try:
+            with trace.use_span(span):
+                await self.check_handed(events)
+                batch = await self._write_configured(Batch(events, span, outbox_for(self.app)))
+                finish = guarded(
+                    "embedder: finishing a batch", partial(self._finish, stream, batch)
+                )
+                done = await finishing.add(finish)
+                # Ran, or cancelled unacked at a stop: no longer in flight either way.
+                done.add_done_callback(lambda _, t=token: self.inflight.leave(t))
+        except asyncio.CancelledError:
+            self.inflight.leave(token)
+            span.end()
+            raise
+        except BaseException as exc:
+            # Faust would restart the agent, ack what this batch held and commit across the gap.
+            crash("embedder", exc)
+
+    def _span(self, events: list[EventT]) -> trace.Span:
+        """A batch has many parents: it starts its own trace and links to every message. The
+        span ends when the batch is acked."""
+        first = events[0].message
+        links = [link for e in events if (link := telemetry.link_to(e.message.headers))]
+        return tracer.start_span(
+            f"process {first.topic}",
+            context=Context(),
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                **telemetry.consume_attributes(first.topic, first.partition, None, self.group),
+                "messaging.batch.message_count": len(events),
+            },
+        )
+
+    async def _write_configured(self, batch: Batch) -> Batch:
+        """The batch into the configured collections, their embed-done records sent."""
+        for event in batch.events:
             try:
-                requests.append(topics.embed_requested.decode(event.value or b""))
-                kept.append(event)
+                batch.requests.append(self.topics.embed_requested.decode(event.value or b""))
+                batch.kept.append(event)
             except Exception as exc:
                 error = exc if isinstance(exc, SchemaError) else unexpected(exc, "undecodable")
-                await dead_letter(outbox, event, error)
-        headers_of = {
-            r["chunk_key"]: e.message.headers for r, e in zip(requests, kept, strict=True)
-        }
-        batch_link = [Link(span.get_span_context())]
-
-        async def publish(records: list[dict[str, Any]]) -> None:
-            # Counted before they are sent: a reader who sees a record sees it counted.
-            telemetry.count(
-                {
-                    "embedded": sum(
-                        d["status"] == "EMBEDDED" and not d["unchanged"] for d in records
-                    ),
-                    "current": sum(d["unchanged"] for d in records),
-                    "deleted": sum(d["status"] == "DELETED" for d in records),
-                },
-                role="embedder",
-            )
-            for done in records:
-                telemetry.ingest_latency.record(
-                    done["latency_ms"] / 1000, {"collection": done["collection"]}
-                )
-                # In the document's trace (child of the chunk's send), linked to the batch.
-                with tracer.start_as_current_span(
-                    f"send {done_topic}",
-                    context=telemetry.extract(headers_of[done["chunk_key"]]),
-                    kind=SpanKind.PRODUCER,
-                    links=batch_link,
-                    attributes=telemetry.publish_attributes(
-                        done_topic,
-                        **{
-                            "streamproc.tenant": done["tenant"],
-                            "streamproc.doc_id": done["doc_id"],
-                            "streamproc.chunk_key": done["chunk_key"],
-                            "streamproc.status": done["status"],
-                            "streamproc.collection": done["collection"],
-                            "streamproc.model_version": done["model_version"],
-                        },
-                    ),
-                ):
-                    await outbox.send(
-                        done_topic,
-                        document_key(done["tenant"], done["doc_id"]).encode(),
-                        topics.embed_done.encode(done),
-                        telemetry.kafka_headers(),
-                    )
-
-        result = await embedder.handle(requests)
-        await publish(result.done)
+                await dead_letter(batch.outbox, event, error)
+        result = await self.embedder.handle(batch.requests)
+        batch.results.append(result)
+        await self._publish(batch, result.done)
         processed: dict[TopicPartition, int] = {}
-        for event in events:
+        for event in batch.events:
             tp = TopicPartition(event.message.topic, event.message.partition)
             processed[tp] = max(processed.get(tp, 0), event.message.offset + 1)
         # Live load is what searches wait for: the configured collections.
-        live.observe_batch(max((d["latency_ms"] for d in result.done), default=0) / 1000, processed)
+        slowest = max((d["latency_ms"] for d in result.done), default=0) / 1000
+        self.live.observe_batch(slowest, processed)
+        return batch
 
-        async def finish() -> None:
-            with trace.use_span(span, end_on_exit=True):
-                await finish_batch()
-                for event in events:
-                    await stream.ack(event)
-
-        async def finish_batch() -> None:
-            fail_point("embedder.finish")
-            # Asked now, not when the batch came: a retired job's collection gets no more writes.
-            # The job table's changelog is read again while Kafka is unavailable.
-            extra = await retry_transient("backfill targets", backfill_targets)
-            targets = [*embedder.targets, *(scope.target for scope in extra)]
-            span.set_attributes(
-                {
-                    "streamproc.collections": ",".join(t.collection for t in targets),
-                    "streamproc.model_versions": ",".join(
-                        f"{t.model.spec.name}:{t.model.spec.version}" for t in targets
-                    ),
-                }
+    async def _publish(self, batch: Batch, records: list[dict[str, Any]]) -> None:
+        # Counted before they are sent: a reader who sees a record sees it counted.
+        telemetry.count(
+            {
+                "embedded": sum(d["status"] == "EMBEDDED" and not d["unchanged"] for d in records),
+                "current": sum(d["unchanged"] for d in records),
+                "deleted": sum(d["status"] == "DELETED" for d in records),
+            },
+            role="embedder",
+        )
+        topic = self.topics.embed_done
+        headers_of = batch.headers_of
+        batch_link = [Link(batch.span.get_span_context())]
+        for done in records:
+            telemetry.ingest_latency.record(
+                done["latency_ms"] / 1000, {"collection": done["collection"]}
             )
-            results = [result]
-            for written in await write_targets(embedder, requests, extra):
-                results.append(written)
-                await publish(written.done)
-            # One dead letter per request; the configured collection's reason wins.
-            failed = {i: reason for r in reversed(results) for i, reason in r.failed.items()}
-            for index, reason in sorted(failed.items()):
-                await dead_letter(
-                    outbox, kept[index], PermanentError(reason, reason="weaviate_rejected")
+            # In the document's trace (child of the chunk's send), linked to the batch.
+            with tracer.start_as_current_span(
+                f"send {topic.name}",
+                context=telemetry.extract(headers_of[done["chunk_key"]]),
+                kind=SpanKind.PRODUCER,
+                links=batch_link,
+                attributes=telemetry.publish_attributes(
+                    topic.name,
+                    **{
+                        "streamproc.tenant": done["tenant"],
+                        "streamproc.doc_id": done["doc_id"],
+                        "streamproc.chunk_key": done["chunk_key"],
+                        "streamproc.status": done["status"],
+                        "streamproc.collection": done["collection"],
+                        "streamproc.model_version": done["model_version"],
+                    },
+                ),
+            ):
+                await batch.outbox.send(
+                    topic.name,
+                    document_key(done["tenant"], done["doc_id"]).encode(),
+                    topic.encode(done),
+                    telemetry.kafka_headers(),
                 )
+
+    async def _finish(self, stream: faust.Stream, batch: Batch) -> None:
+        """The rest of the batch's work (backfill targets, DLQ, waiting for the sends), then
+        the ack, which ends the batch's span."""
+        with trace.use_span(batch.span, end_on_exit=True):
+            await self._write_backfill_targets(batch)
+            failed = await self._dead_letter_failed(batch)
             # Acked only after every send is confirmed.
-            await outbox.confirm()
-            done = [d for r in results for d in r.done]
-            telemetry.batch_size.record(len(events))
-            telemetry.encode_duration.record(sum(r.encode_seconds for r in results))
-            telemetry.write_duration.record(sum(r.write_seconds for r in results))
-            span.set_attributes({"streamproc.done": len(done), "streamproc.failed": len(failed)})
-            log.info(
-                "embedded batch",
-                extra={
-                    "events": len(events),
-                    "done": len(done),
-                    "failed": len(failed),
-                    "encode_s": round(sum(r.encode_seconds for r in results), 3),
-                    "write_s": round(sum(r.write_seconds for r in results), 3),
-                    "batch_s": round(time.perf_counter() - started, 3),
-                },
+            await batch.outbox.confirm()
+            self._report(batch, failed)
+            for event in batch.events:
+                await stream.ack(event)
+
+    async def _write_backfill_targets(self, batch: Batch) -> None:
+        fail_point("embedder.finish")
+        # Asked now, not when the batch came: a retired job's collection gets no more writes.
+        # The job table's changelog is read again while Kafka is unavailable.
+        extra = await retry_transient("backfill targets", self.backfill_targets)
+        targets = [*self.embedder.targets, *(scope.target for scope in extra)]
+        batch.span.set_attributes(
+            {
+                "streamproc.collections": ",".join(t.collection for t in targets),
+                "streamproc.model_versions": ",".join(
+                    f"{t.model.spec.name}:{t.model.spec.version}" for t in targets
+                ),
+            }
+        )
+        for written in await write_targets(self.embedder, batch.requests, extra):
+            batch.results.append(written)
+            await self._publish(batch, written.done)
+
+    async def _dead_letter_failed(self, batch: Batch) -> int:
+        """One dead letter per failed request; the configured collection's reason wins."""
+        failed = {i: reason for r in reversed(batch.results) for i, reason in r.failed.items()}
+        for index, reason in sorted(failed.items()):
+            await dead_letter(
+                batch.outbox, batch.kept[index], PermanentError(reason, reason="weaviate_rejected")
             )
+        return len(failed)
 
-        return finish
-
-    return app
+    def _report(self, batch: Batch, failed: int) -> None:
+        done = sum(len(r.done) for r in batch.results)
+        encode_s = sum(r.encode_seconds for r in batch.results)
+        write_s = sum(r.write_seconds for r in batch.results)
+        telemetry.batch_size.record(len(batch.events))
+        telemetry.encode_duration.record(encode_s)
+        telemetry.write_duration.record(write_s)
+        batch.span.set_attributes({"streamproc.done": done, "streamproc.failed": failed})
+        log.info(
+            "embedded batch",
+            extra={
+                "events": len(batch.events),
+                "done": done,
+                "failed": failed,
+                "encode_s": round(encode_s, 3),
+                "write_s": round(write_s, 3),
+                "batch_s": round(time.perf_counter() - batch.started, 3),
+            },
+        )
 
 
 def background_pacing(settings: Settings) -> Background:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from streamproc.chunking.extract import Section, extract_sections
-from streamproc.demo import CORPUS
+from streamproc.settings import CORPUS
 
 PAGES = Path(__file__).parents[1] / "data" / "html"
 
