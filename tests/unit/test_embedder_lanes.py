@@ -52,6 +52,10 @@ class StubSentenceTransformer:
         return np.array([stub_vector(t) for t in texts], dtype=np.float32)
 
 
+_OPEN = threading.Event()
+_OPEN.set()
+
+
 class InMemoryStore:
     """A test-local store with the calls the embedder makes of WeaviateStore, returning the
     real WriteResult. Writes to a collection wait while its gate is closed."""
@@ -96,10 +100,6 @@ class InMemoryStore:
             if collection == name
             for o in objects.values()
         }
-
-
-_OPEN = threading.Event()
-_OPEN.set()
 
 
 def _sha(text: str) -> str:
@@ -311,9 +311,8 @@ def test_later_lanes_encode_and_write_only_once_earlier_lanes_are_done() -> None
 
     def span(batch: list[dict[str, Any]]) -> tuple[int, int]:
         """First encode and last write of a batch in the log."""
-        first = rig.position(("encode", batch[0]["chunk"]["text"]))
-        last = max(rig.position(("upserted", r["chunk_key"])) for r in batch)
-        return min(first, *(rig.position(("encode", r["chunk"]["text"])) for r in batch)), last
+        first = min(rig.position(("encode", r["chunk"]["text"])) for r in batch)
+        return first, max(rig.position(("upserted", r["chunk_key"])) for r in batch)
 
     live_span, backfill_span, replay_span = span(live), span(live_backfill), span(replay)
     # Live, then the live batch's backfill targets, then replays: no overlap at all.
