@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from streamproc.chunking.changes import DocumentChanges, DocumentState, compare, fingerprint
+from streamproc.chunking.tokenizers import splitter_for
 from streamproc.errors import StaleEventError
 from streamproc.pipeline.chunker import Chunker
 from streamproc.settings import Settings
-from streamproc.workers import splitter_for
 
 SETTINGS = Settings()
 CHUNKER = Chunker(SETTINGS.chunking, splitter_for(SETTINGS))

