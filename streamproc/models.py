@@ -1,7 +1,9 @@
-"""Model registry entries turned into loaded sentence-transformers models, checked on load."""
+"""Model registry entries turned into loaded sentence-transformers models, checked on load, and
+the pool of them a worker shares between live embedding and backfill."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.resources
 import logging
@@ -12,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from streamproc.errors import ConfigurationError
-from streamproc.settings import ModelSpec
+from streamproc.settings import ModelSpec, Settings
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +130,27 @@ def load_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
     log.info("loaded model", extra={"model": spec.name, "device": chosen, "dim": real_dim})
     revision = model_revision(spec, source)
     return EmbeddingModel(spec=spec, model=model, device=chosen, revision=revision)
+
+
+class ModelPool:
+    """Models by registry name, loaded once per worker and shared by live and backfill. A
+    loaded model is returned without waiting; loading one never holds up another's users."""
+
+    def __init__(self, settings: Settings, loaded: list[EmbeddingModel]) -> None:
+        self.settings = settings
+        self._models = {m.spec.name: m for m in loaded}
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    async def get(self, name: str) -> EmbeddingModel:
+        if name in self._models:
+            return self._models[name]
+        async with self._loading.setdefault(name, asyncio.Lock()):
+            if name not in self._models:
+                try:
+                    spec = self.settings.model(name)
+                except KeyError as exc:
+                    raise ConfigurationError(str(exc)) from exc
+                self._models[name] = await asyncio.to_thread(
+                    load_model, spec, self.settings.embedder.device
+                )
+            return self._models[name]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,16 +24,17 @@ from opentelemetry import trace
 from streamproc import telemetry
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill import replay
+from streamproc.backfill.job_store import JobStore, Stopped
 from streamproc.backfill.jobs import Job, now
+from streamproc.backfill.live_load import LiveLoad
 from streamproc.backfill.view import JobsView
 from streamproc.errors import (
     CollectionMissingError,
-    ConfigurationError,
     PermanentError,
     TransientError,
 )
 from streamproc.kafka_io import admin_client, consumer_client, partitions_of
-from streamproc.models import EmbeddingModel, load_model
+from streamproc.models import ModelPool
 from streamproc.naming import object_uuid
 from streamproc.pipeline.embedder import Embedder, Lane, Target
 from streamproc.settings import Settings
@@ -53,114 +54,6 @@ class Clients:
     # long-poll fetch (fetch_max_wait_ms), which cost the replay half a second per batch.
     offsets: AIOKafkaConsumer
     admin: AIOKafkaAdminClient
-
-
-class Stopped(Exception):
-    """The job was cancelled or retired, or this worker no longer owns the job table."""
-
-
-class ModelPool:
-    """Models by registry name, loaded once per worker and shared by live and backfill. A
-    loaded model is returned without waiting; loading one never holds up another's users."""
-
-    def __init__(self, settings: Settings, loaded: list[EmbeddingModel]) -> None:
-        self.settings = settings
-        self._models = {m.spec.name: m for m in loaded}
-        self._loading: dict[str, asyncio.Lock] = {}
-
-    async def get(self, name: str) -> EmbeddingModel:
-        if name in self._models:
-            return self._models[name]
-        async with self._loading.setdefault(name, asyncio.Lock()):
-            if name not in self._models:
-                try:
-                    spec = self.settings.model(name)
-                except KeyError as exc:
-                    raise ConfigurationError(str(exc)) from exc
-                self._models[name] = await asyncio.to_thread(
-                    load_model, spec, self.settings.embedder.device
-                )
-            return self._models[name]
-
-
-class LiveLoad:
-    """How busy live embedding is: the embedder's lag on `embed-requested` and its latest batch
-    latency."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.group = f"{settings.worker.app_id}-embedder"
-        self.topic = settings.topic("embed-requested")
-        self._latency: tuple[float, float] = (0.0, 0.0)  # (seconds, monotonic time seen)
-        # Next offset to process, per partition this worker has processed: ahead of the group's
-        # committed offsets, which Faust can leave behind for as long as no new event arrives.
-        self._processed: dict[TopicPartition, int] = {}
-
-    def observe_batch(self, seconds: float, offsets: Mapping[TopicPartition, int]) -> None:
-        self._latency = (seconds, time.monotonic())
-        for tp, offset in offsets.items():
-            self._processed[tp] = max(offset, self._processed.get(tp, 0))
-
-    async def reason(self, kafka: Clients) -> str | None:
-        limits = self.settings.backfill
-        latency, seen = self._latency
-        if time.monotonic() - seen < 5.0 and latency > limits.throttle_live_latency_s:
-            return (
-                f"live ingest-to-embed-done latency {latency:.1f}s > "
-                f"{limits.throttle_live_latency_s:.1f}s"
-            )
-        committed = {
-            tp: meta.offset
-            for tp, meta in (await kafka.admin.list_consumer_group_offsets(self.group)).items()
-            if tp.topic == self.topic
-        }
-        done = {
-            tp: max(committed.get(tp, 0), self._processed.get(tp, 0))
-            for tp in committed.keys() | self._processed.keys()
-        }
-        if not done:
-            return None
-        ends = await kafka.offsets.end_offsets(list(done))
-        lag = sum(max(0, ends[tp] - offset) for tp, offset in done.items())
-        if lag > limits.throttle_live_lag:
-            return f"live embed-requested lag {lag} > {limits.throttle_live_lag} messages"
-        return None
-
-
-class JobStore:
-    """The job table seen as Avro job records; `save` refuses to resurrect a stopped job."""
-
-    def __init__(self, table: Any, settings: Settings, owns: Callable[[], bool]) -> None:
-        self.table = table
-        self.codec = load_schemas(settings.schemas_dir).codec("BackfillJob")
-        self.owns = owns
-
-    def get(self, job_id: str) -> Job | None:
-        value = self.table.get(job_id)
-        return self.codec.decode(value) if value is not None else None
-
-    def all(self) -> list[Job]:
-        return [self.codec.decode(v) for v in self.table.values() if v is not None]
-
-    def put(self, job: Job) -> None:
-        self.table[job["job_id"]] = self.codec.encode({**job, "updated_at": now()})
-
-    def check(self, job_id: str) -> None:
-        """Raise Stopped if the job was cancelled or retired, or the table is no longer ours."""
-        current = self.get(job_id)
-        if (
-            not self.owns()
-            or current is None
-            or current["state"] == "CANCELLED"
-            or current["retired"]
-        ):
-            raise Stopped(job_id)
-
-    def save(self, job: Job) -> None:
-        """No await between the check and the write: a CANCEL applied by the command agent is
-        never overwritten by a runner that had not seen it yet."""
-        self.check(job["job_id"])
-        self.put(job)
 
 
 class Replayer:
@@ -390,13 +283,7 @@ class Replayer:
         try:
             held = await asyncio.to_thread(self._held, target.collection, values)
             read = time.perf_counter() - started - waited
-            requests, skipped = [], 0
-            for key, (value, record) in values.items():
-                action = replay.decide(value, held.get(object_uuid(key)))
-                if action in (replay.Action.UPSERT, replay.Action.DELETE):
-                    requests.append(replay.as_request(key, value, _record_time(record)))
-                elif action is replay.Action.SKIP:
-                    skipped += 1
+            requests, skipped = _requests(values, held)
             result = (
                 await self.embedder.handle(requests, [target], lane=Lane.REPLAY)
                 if requests
@@ -412,13 +299,7 @@ class Replayer:
         upserted = sum(r["op"] == "UPSERT" for r in requests)
         telemetry.reembed_batches.add(1, {"collection": target.collection})
         telemetry.reembed_items.add(upserted, {"collection": target.collection})
-        job = {
-            **job,
-            "batches": job["batches"] + 1,
-            "items_reembedded": job["items_reembedded"] + upserted,
-            "items_deleted": job["items_deleted"] + len(requests) - upserted,
-            "items_skipped": job["items_skipped"] + skipped,
-        }
+        job = _counted(job, upserted, len(requests) - upserted, skipped)
         log.info(
             "backfill batch",
             extra={
@@ -450,7 +331,7 @@ class Replayer:
     async def _wait_for_live(self, job: Job, kafka: Clients) -> Job:
         """Live traffic first: pause while the live path is behind, and say so in the job."""
         saved = -THROTTLE_SAVE_INTERVAL_S
-        while (reason := await self.live.reason(kafka)) is not None:
+        while (reason := await self.live.reason(kafka.admin, kafka.offsets)) is not None:
             if reason != job["throttled"] and time.monotonic() - saved >= THROTTLE_SAVE_INTERVAL_S:
                 job = {**job, "throttled": reason}
                 self.jobs.save(job)
@@ -500,6 +381,32 @@ class Replayer:
 
 def _by_partition(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
     return {str(tp.partition): offset for tp, offset in offsets.items()}
+
+
+def _requests(
+    values: Mapping[str, tuple[Any, ConsumerRecord[bytes, bytes]]],
+    held: Mapping[UUID, replay.Held],
+) -> tuple[list[dict[str, Any]], int]:
+    """The writes a batch needs given what the collection holds, and how many it skips."""
+    requests: list[dict[str, Any]] = []
+    skipped = 0
+    for key, (value, record) in values.items():
+        action = replay.decide(value, held.get(object_uuid(key)))
+        if action in (replay.Action.UPSERT, replay.Action.DELETE):
+            requests.append(replay.as_request(key, value, _record_time(record)))
+        elif action is replay.Action.SKIP:
+            skipped += 1
+    return requests, skipped
+
+
+def _counted(job: Job, upserted: int, deleted: int, skipped: int) -> Job:
+    return {
+        **job,
+        "batches": job["batches"] + 1,
+        "items_reembedded": job["items_reembedded"] + upserted,
+        "items_deleted": job["items_deleted"] + deleted,
+        "items_skipped": job["items_skipped"] + skipped,
+    }
 
 
 def _record_time(record: ConsumerRecord[bytes, bytes]) -> datetime:

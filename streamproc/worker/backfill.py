@@ -12,12 +12,15 @@ from faust.types import TP, EventT
 from weaviate.exceptions import WeaviateBaseError
 
 from streamproc import telemetry
+from streamproc.backfill.job_store import JobStore
 from streamproc.backfill.jobs import apply_command, jobs_to_start, now, retire, retired_collections
-from streamproc.backfill.replayer import JobStore, LiveLoad, ModelPool, Replayer
+from streamproc.backfill.live_load import LiveLoad
+from streamproc.backfill.replayer import Replayer
 from streamproc.backfill.view import JobsView
 from streamproc.delivery import crash, is_transient
 from streamproc.dlq import dead_letter
 from streamproc.errors import SchemaError
+from streamproc.models import ModelPool
 from streamproc.pipeline.embedder import Embedder
 from streamproc.settings import Settings
 from streamproc.topics import JOBS_TABLE, group_id, topics_for

@@ -20,14 +20,14 @@ from opentelemetry.trace import Link, SpanKind
 from streamproc import telemetry
 from streamproc.backfill.jobs import Job, live_write_collections, live_write_scopes
 from streamproc.backfill.live import ScopedTarget, write_targets
-from streamproc.backfill.replayer import LiveLoad, ModelPool
+from streamproc.backfill.live_load import LiveLoad
 from streamproc.backfill.view import JobsView
 from streamproc.delivery import Outbox, crash, guarded, retry_transient
 from streamproc.dlq import dead_letter, unexpected
 from streamproc.errors import ConfigurationError, PermanentError, SchemaError
 from streamproc.failpoints import fail_point
 from streamproc.health import InFlight
-from streamproc.models import EmbeddingModel, load_model
+from streamproc.models import EmbeddingModel, ModelPool, load_model
 from streamproc.naming import document_key
 from streamproc.pipeline.embedder import Background, BatchResult, Embedder, Target
 from streamproc.pipeline.ordered import InOrder

@@ -48,8 +48,8 @@ def run_role(settings: Settings, role: str) -> NoReturn:
     """Runs until the worker stops, then ends the process. Start-up checks fail before Kafka
     is touched."""
     from streamproc.backfill.commands import read_jobs
-    from streamproc.backfill.replayer import ModelPool
     from streamproc.chunking.tokenizers import token_counters
+    from streamproc.models import ModelPool
     from streamproc.pipeline.embedder import Embedder
     from streamproc.weaviate_store import WeaviateStore, connect
     from streamproc.worker.chunker import create_chunker_app
