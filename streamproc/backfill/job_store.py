@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from streamproc.avro_codec import load_schemas
 from streamproc.backfill.jobs import Job, now
 from streamproc.settings import Settings
+from streamproc.topics import job_codec
 
 
 class Stopped(Exception):
@@ -20,7 +20,7 @@ class JobStore:
 
     def __init__(self, table: Any, settings: Settings, owns: Callable[[], bool]) -> None:
         self.table = table
-        self.codec = load_schemas(settings.schemas_dir).codec("BackfillJob")
+        self.codec = job_codec(settings)
         self.owns = owns
 
     def get(self, job_id: str) -> Job | None:

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streamproc.settings import Settings
+from streamproc.topics import group_id, topics_for
 
 
 class LiveLoad:
@@ -18,8 +19,8 @@ class LiveLoad:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.group = f"{settings.worker.app_id}-embedder"
-        self.topic = settings.topic("embed-requested")
+        self.group = group_id(settings, "embedder")
+        self.topic = topics_for(settings).embed_requested.name
         self._latency: tuple[float, float] = (0.0, 0.0)  # (seconds, monotonic time seen)
         # Next offset to process, per partition this worker has processed: ahead of the group's
         # committed offsets, which Faust can leave behind for as long as no new event arrives.

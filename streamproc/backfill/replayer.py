@@ -22,7 +22,6 @@ from aiokafka.errors import KafkaError
 from opentelemetry import trace
 
 from streamproc import telemetry
-from streamproc.avro_codec import load_schemas
 from streamproc.backfill import replay
 from streamproc.backfill.job_store import JobStore, Stopped
 from streamproc.backfill.jobs import Job, now
@@ -38,6 +37,7 @@ from streamproc.models import ModelPool
 from streamproc.naming import object_uuid
 from streamproc.pipeline.embedder import Embedder, Lane, Target
 from streamproc.settings import Settings
+from streamproc.topics import topics_for
 from streamproc.weaviate_store import WeaviateStore
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,7 @@ class Replayer:
         self.jobs = jobs
         self.view = view
         self.live = live
-        self.chunks_topic = settings.topic("chunks")
-        self.codec = load_schemas(settings.schemas_dir).codec("ChunkRecord")
+        self.chunks = topics_for(settings).chunks
 
     async def run(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
@@ -114,8 +113,8 @@ class Replayer:
             target = Target(model, job["target_collection"])
             await asyncio.to_thread(self._prepare_collection, target)
             tps = [
-                TopicPartition(self.chunks_topic, p)
-                for p in sorted(await partitions_of(kafka.offsets, self.chunks_topic))
+                TopicPartition(self.chunks.name, p)
+                for p in sorted(await partitions_of(kafka.offsets, self.chunks.name))
             ]
             kafka.reader.assign(tps)
             # Fetched only while _scan reads them: no idle polling beside the encoder.
@@ -228,7 +227,7 @@ class Replayer:
         tenant = job["tenant"]
         written = 0
         for partition, end in sorted(job["watermarks"].items()):
-            tp = TopicPartition(self.chunks_topic, int(partition))
+            tp = TopicPartition(self.chunks.name, int(partition))
             last = replay.last_offsets(
                 [
                     (r.offset, r.key.decode())
@@ -276,7 +275,7 @@ class Replayer:
         job = await self._wait_for_live(job, kafka)
         waited = time.perf_counter() - started
         values = {
-            r.key.decode(): (self.codec.decode(r.value) if r.value is not None else None, r)
+            r.key.decode(): (self.chunks.decode(r.value) if r.value is not None else None, r)
             for r in records
             if r.key is not None
         }

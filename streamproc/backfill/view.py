@@ -14,10 +14,10 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamproc.avro_codec import load_schemas
 from streamproc.backfill.jobs import Job
 from streamproc.kafka_io import consumer_client, partitions_of
 from streamproc.settings import Settings
+from streamproc.topics import job_codec, jobs_changelog
 
 
 class Writers:
@@ -47,8 +47,8 @@ class JobsView:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.writers = Writers()
-        self.topic = settings.jobs_changelog
-        self.codec = load_schemas(settings.schemas_dir).codec("BackfillJob")
+        self.topic = jobs_changelog(settings)
+        self.codec = job_codec(settings)
         self.jobs: dict[str, Job] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._tps: list[TopicPartition] = []
