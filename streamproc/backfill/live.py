@@ -10,7 +10,8 @@ from typing import Any
 
 from streamproc.backfill.jobs import scoped
 from streamproc.errors import CollectionMissingError
-from streamproc.pipeline.embedder import BatchResult, Embedder, Lane, Target
+from streamproc.pipeline.embedder import BatchResult, Embedder, Target
+from streamproc.pipeline.lanes import Lane
 
 log = logging.getLogger(__name__)
 

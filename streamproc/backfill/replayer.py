@@ -35,7 +35,8 @@ from streamproc.errors import (
 from streamproc.kafka_io import admin_client, consumer_client, partitions_of
 from streamproc.models import ModelPool
 from streamproc.naming import object_uuid
-from streamproc.pipeline.embedder import Embedder, Lane, Target
+from streamproc.pipeline.embedder import Embedder, Target
+from streamproc.pipeline.lanes import Lane
 from streamproc.settings import Settings
 from streamproc.topics import topics_for
 from streamproc.weaviate_store import WeaviateStore

@@ -4,10 +4,8 @@ Encoding runs on its own thread (torch releases the GIL), Weaviate writes on ano
 event loop keeps Kafka heartbeats going. Within one batch, sub-batch k+1 is encoded while
 sub-batch k is written; the batch's offsets are acked only after every write is confirmed.
 
-Work comes in three lanes (`Lane`): live batches into the configured collections, live batches
-into backfill targets, and backfill replays. A lane encodes and writes only while the lanes
-before it have nothing in progress, in calls sized to a time slice, so searchable latency
-does not pay for a backfill beyond one slice and one write.
+Work comes in three lanes (`pipeline/lanes.py`): live batches into the configured collections,
+live batches into backfill targets, and backfill replays.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import IntEnum
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -40,6 +37,7 @@ from streamproc.models import EmbeddingModel
 from streamproc.naming import object_uuid
 from streamproc.pipeline.batching import EncodePace, conflict_free_segments, sorted_groups
 from streamproc.pipeline.heading_cache import HeadingCache
+from streamproc.pipeline.lanes import Background, Lane, Lanes
 from streamproc.settings import EmbedderSettings
 from streamproc.telemetry import retries_counter, tracer
 from streamproc.weaviate_store import (
@@ -55,34 +53,12 @@ T = TypeVar("T")
 
 # Heading vectors kept per target collection (a few MB at 384 dimensions).
 HEADING_CACHE_SIZE = 4096
-# Live traffic counts as flowing for this long after a live batch ends.
-LIVE_RECENT_S = 5.0
 
 
 @dataclass(frozen=True)
 class Target:
     model: EmbeddingModel
     collection: str
-
-
-class Lane(IntEnum):
-    """Who yields to whom: a lower value goes first."""
-
-    # Live batches into the configured collections: what searches see.
-    LIVE = 0
-    # The same batches into backfill targets, after their configured collections are written.
-    LIVE_BACKFILL = 1
-    REPLAY = 2
-
-
-@dataclass(frozen=True)
-class Background:
-    """How work behind the live lane yields: each encode call is sized to take about `slice_s`
-    while live traffic flows, `idle_slice_s` while it does not (larger calls encode faster;
-    the first live batch after a quiet spell waits for one of them)."""
-
-    slice_s: float
-    idle_slice_s: float
 
 
 @dataclass
@@ -109,20 +85,13 @@ class Embedder:
         self.targets = list(targets)
         self.store = store
         self.settings = settings
-        self.background = background
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="weaviate")
         self._heading_cache: dict[str, HeadingCache] = {}
         # Collections found missing, each logged once.
         self._missing: set[str] = set()
         self._paces: dict[str, EncodePace] = {}
-        # Calls in progress per lane; a lane's encodes and writes start only while the lanes
-        # before it have none, so a call waits behind at most one encode and one write of a
-        # later lane.
-        self._busy = dict.fromkeys(Lane, 0)
-        self._turn = {lane: asyncio.Event() for lane in Lane}
-        self._update_turns()
-        self._live_seen = -LIVE_RECENT_S
+        self._lanes = Lanes(background)
 
     def close(self) -> None:
         self._encode_pool.shutdown(wait=True)
@@ -141,8 +110,7 @@ class Embedder:
         Behind the live lane, the call yields to earlier lanes: each encode call is sized to
         take a slice of time and starts only while they have nothing in progress, and at most
         one write is queued, starting under the same rule."""
-        self._enter(lane)
-        try:
+        with self._lanes.working(lane):
             result = BatchResult()
             segments = conflict_free_segments([r["chunk_key"] for r in requests])
             for target in self.targets if targets is None else targets:
@@ -167,8 +135,6 @@ class Embedder:
                     del result.done[done:]
                     result.failed = failed
             return result
-        finally:
-            self._leave(lane)
 
     def _skip_missing(self, target: Target, exc: CollectionMissingError) -> None:
         """A backfill target can be dropped (`collections retire`) while a batch that resolved
@@ -183,23 +149,6 @@ class Embedder:
             log.warning(
                 "collection missing, skipped as a target", extra={"collection": target.collection}
             )
-
-    def _enter(self, lane: Lane) -> None:
-        self._busy[lane] += 1
-        self._update_turns()
-
-    def _leave(self, lane: Lane) -> None:
-        if lane is Lane.LIVE:
-            self._live_seen = time.monotonic()
-        self._busy[lane] -= 1
-        self._update_turns()
-
-    def _update_turns(self) -> None:
-        for lane, turn in self._turn.items():
-            if any(self._busy[earlier] for earlier in Lane if earlier < lane):
-                turn.clear()
-            else:
-                turn.set()
 
     async def _changed(
         self,
@@ -294,9 +243,9 @@ class Embedder:
             for group in sorted_groups(
                 counts,
                 self.settings.max_batch,
-                lambda: min(self.settings.max_batch_tokens, pace.max_tokens(self._slice())),
+                lambda: min(self.settings.max_batch_tokens, pace.max_tokens(self._lanes.slice_s())),
             ):
-                await self._turn[lane].wait()
+                await self._lanes.turn(lane)
                 encoded = [indices[g] for g in group]
                 started = time.perf_counter()
                 objects += await self._encode(
@@ -326,10 +275,6 @@ class Embedder:
             if writing is not None:
                 writing.cancel()
 
-    def _slice(self) -> float:
-        live = self._busy[Lane.LIVE] or time.monotonic() - self._live_seen < LIVE_RECENT_S
-        return self.background.slice_s if live else self.background.idle_slice_s
-
     async def _queue_write(
         self,
         lane: Lane,
@@ -344,7 +289,7 @@ class Embedder:
         lane's turn: a write never queues behind more than one of a later lane."""
         if previous is not None:
             await previous
-        await self._turn[lane].wait()
+        await self._lanes.turn(lane)
         return asyncio.ensure_future(
             self._write_unless_newer(target, members, requests, objects, result)
         )

@@ -29,7 +29,8 @@ from streamproc.failpoints import fail_point
 from streamproc.health import InFlight
 from streamproc.models import EmbeddingModel, ModelPool, load_model
 from streamproc.naming import document_key
-from streamproc.pipeline.embedder import Background, BatchResult, Embedder, Target
+from streamproc.pipeline.embedder import BatchResult, Embedder, Target
+from streamproc.pipeline.lanes import Background
 from streamproc.pipeline.ordered import InOrder
 from streamproc.settings import EmbedderSettings, Settings
 from streamproc.topics import Topics, group_id, topics_for

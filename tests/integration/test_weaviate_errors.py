@@ -23,7 +23,8 @@ from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR, collection_name, object_uuid
 from streamproc.pipeline.chunker import Chunker
-from streamproc.pipeline.embedder import BatchResult, Embedder, Lane, Target
+from streamproc.pipeline.embedder import BatchResult, Embedder, Target
+from streamproc.pipeline.lanes import Lane
 from streamproc.settings import Settings
 from streamproc.weaviate_store import ChunkObject, WeaviateStore, connect
 from streamproc.worker.embedder import background_pacing

@@ -15,7 +15,8 @@ import numpy as np
 
 from streamproc.models import EmbeddingModel
 from streamproc.naming import object_uuid
-from streamproc.pipeline.embedder import Background, BatchResult, Embedder, Lane, Target
+from streamproc.pipeline.embedder import BatchResult, Embedder, Target
+from streamproc.pipeline.lanes import Background, Lane
 from streamproc.settings import EmbedderSettings, ModelSpec
 from streamproc.weaviate_store import (
     CONTENT_VECTOR,
