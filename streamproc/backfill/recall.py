@@ -43,16 +43,14 @@ def measure(
         tenant = weaviate_tenant(query.tenant)
         ranked: list[str] = []
         if tenant in tenants:
-            response = (
-                store.client.collections.get(collection)
-                .with_tenant(tenant)
-                .query.near_vector(
-                    vector.tolist(),
-                    target_vector=targets,
-                    limit=k,
-                    return_properties=["chunk_key"],
-                )
+            found = store.near_vector(
+                collection,
+                query.tenant,
+                vector.tolist(),
+                target_vector=targets,
+                limit=k,
+                properties=["chunk_key"],
             )
-            ranked = [str(o.properties["chunk_key"]) for o in response.objects]
+            ranked = [str(o.properties["chunk_key"]) for o in found]
         results.append((query, ranked))
     return score(results, k)
