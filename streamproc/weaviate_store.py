@@ -17,7 +17,7 @@ import weaviate
 import weaviate.connect.v4 as weaviate_connection
 from weaviate.classes.config import Configure, DataType, Property, VectorDistances
 from weaviate.classes.init import AdditionalConfig, GrpcConfig
-from weaviate.classes.query import Filter
+from weaviate.classes.query import Filter, TargetVectors
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
 from weaviate.collections.classes.config_vectors import _VectorConfigCreate
@@ -525,16 +525,16 @@ class WeaviateStore:
         tenant: str,
         vector: Sequence[float],
         *,
-        target_vector: TargetVectorJoinType,
+        targets: Sequence[str],
         limit: int,
         properties: Sequence[str],
     ) -> list[Found]:
-        """The `limit` objects of one tenant nearest to `vector` on `target_vector`, nearest
-        first."""
+        """The `limit` objects of one tenant nearest to `vector` on the named vectors
+        `targets` (their distances averaged), nearest first."""
         with self._edge(name):
             response = self._with_tenant(name, tenant).query.near_vector(
                 list(vector),
-                target_vector=target_vector,
+                target_vector=_target_vector(targets),
                 limit=limit,
                 return_properties=list(properties),
             )
@@ -543,6 +543,11 @@ class WeaviateStore:
     def exists(self, name: str) -> bool:
         with self._edge(name):
             return self.client.collections.exists(name)
+
+    def query_endpoint(self, name: str, vector: str = CONTENT_VECTOR) -> str | None:
+        """The endpoint the collection's named vector embeds queries with, if it names one."""
+        with self._edge(name):
+            return _query_endpoint(self.client.collections.get(name).config.get(), vector)
 
     def collections(self, prefix: str) -> list[str]:
         """Every collection named `{prefix}_...`: one per model version."""
@@ -611,14 +616,19 @@ def _vector_config(
     )
 
 
-def query_endpoint(collection_config: Any, vector: str = CONTENT_VECTOR) -> str | None:
-    """The endpoint a collection's named vector embeds queries with, if it names one."""
+def _query_endpoint(collection_config: Any, vector: str) -> str | None:
     config = (
         collection_config.vector_config.get(vector) if collection_config.vector_config else None
     )
     if config is None:
         return None
     return config.vectorizer.model.get("inferenceUrl")
+
+
+def _target_vector(targets: Sequence[str]) -> TargetVectorJoinType:
+    if len(targets) == 1:
+        return targets[0]
+    return TargetVectors.average(list(targets))
 
 
 def _already_exists(exc: UnexpectedStatusCodeError) -> bool:

@@ -257,7 +257,7 @@ def _finds_itself(
         collection,
         record["tenant"],
         vector,
-        target_vector=CONTENT_VECTOR,
+        targets=[CONTENT_VECTOR],
         limit=1,
         properties=["text_sha256"],
     )

@@ -52,7 +52,7 @@ PER_TENANT: dict[str, Callable[[WeaviateStore], Any]] = {
     "uuids": lambda s: s.uuids("C", BAD_TENANT),
     "objects": lambda s: list(s.objects("C", BAD_TENANT, ["chunk_key"])),
     "near_vector": lambda s: s.near_vector(
-        "C", BAD_TENANT, [1.0], target_vector=CONTENT_VECTOR, limit=1, properties=[]
+        "C", BAD_TENANT, [1.0], targets=[CONTENT_VECTOR], limit=1, properties=[]
     ),
     "collection": lambda s: s.collection("C", BAD_TENANT),
 }
