@@ -39,7 +39,7 @@ from streamproc.topics import topics_for
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
 from streamproc.verify import verify_collection
-from streamproc.weaviate_store import WeaviateStore, connect, query_endpoint
+from streamproc.weaviate_store import WeaviateStore, connect
 from streamproc.worker.runner import worker_subprocess
 
 TENANT = "demo"
@@ -135,9 +135,9 @@ def _replace_collections_without_endpoint(settings: Settings, models: list[str])
         store = WeaviateStore(client)
         for name in models:
             collection = settings.collection_for(settings.model(name))
-            if not client.collections.exists(collection):
+            if not store.exists(collection):
                 continue
-            if query_endpoint(client.collections.get(collection).config.get()) is None:
+            if store.query_endpoint(collection) is None:
                 store.drop(collection)
                 typer.echo(f"{collection}: made by an earlier demo without its endpoint; recreated")
 

@@ -69,9 +69,7 @@ def held_hashes(store: WeaviateStore, collection: str, tenant: str) -> dict[str,
         return {}
     return {
         str(obj.properties["chunk_key"]): str(obj.properties["text_sha256"])
-        for obj in store.collection(collection, tenant).iterator(
-            return_properties=["chunk_key", "text_sha256"]
-        )
+        for obj in store.objects(collection, tenant, ["chunk_key", "text_sha256"])
     }
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import Any
 from uuid import UUID
@@ -16,11 +17,12 @@ import weaviate
 import weaviate.connect.v4 as weaviate_connection
 from weaviate.classes.config import Configure, DataType, Property, VectorDistances
 from weaviate.classes.init import AdditionalConfig, GrpcConfig
-from weaviate.classes.query import Filter
+from weaviate.classes.query import Filter, TargetVectors
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
 from weaviate.collections.classes.config_vectors import _VectorConfigCreate
 from weaviate.collections.classes.data import DataObject
+from weaviate.collections.classes.grpc import TargetVectorJoinType
 from weaviate.exceptions import (
     AuthenticationFailedError,
     InsufficientPermissionsError,
@@ -71,6 +73,47 @@ PROPERTIES = [
 
 
 @dataclass(frozen=True)
+class Embedding:
+    """Which model embedded an object: its registry name, version and where it came from."""
+
+    model_name: str
+    model_id: str
+    model_revision: str
+    model_version: str
+
+
+def object_properties(
+    chunk: Mapping[str, Any],
+    embedding: Embedding,
+    *,
+    text: str,
+    token_count: int,
+    embedded_at: datetime,
+) -> dict[str, Any]:
+    """The properties (`PROPERTIES`) of the object that holds `chunk`, a chunk record."""
+    return {
+        "chunk_key": chunk["chunk_key"],
+        "tenant": chunk["tenant"],
+        "doc_id": chunk["doc_id"],
+        "chunk_index": chunk["chunk_index"],
+        "heading_path": chunk["heading_path"],
+        "text": text,
+        "text_sha256": chunk["text_sha256"],
+        "char_count": chunk["char_count"],
+        "token_count": token_count,
+        "truncated": chunk["truncated"],
+        "model_name": embedding.model_name,
+        "model_id": embedding.model_id,
+        "model_revision": embedding.model_revision,
+        "model_version": embedding.model_version,
+        "policy_version": chunk["policy_version"],
+        "source_uri": chunk["source_uri"] or "",
+        "ingested_at": chunk["ingested_at"],
+        "embedded_at": embedded_at,
+    }
+
+
+@dataclass(frozen=True)
 class ChunkObject:
     """One object to upsert: properties plus its named vectors."""
 
@@ -89,6 +132,14 @@ class WriteResult:
     failed: dict[UUID, str]
     # UUID -> Weaviate's message: a read-only shard, a timeout...; worth sending again later.
     retry: dict[UUID, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Found:
+    """An object a read returned: its id and the properties it asked for."""
+
+    uuid: UUID
+    properties: dict[str, Any]
 
 
 class Verdict(Enum):
@@ -400,10 +451,9 @@ class WeaviateStore:
         """Batch upsert; every object's result is checked and classified, none is dropped."""
         errors: dict[UUID, str] = {}
         with self._edge(name):
-            collection = self.client.collections.get(name)
             self.ensure_tenants(name, {o.tenant for o in objects})
             for tenant, group in _by_tenant(objects).items():
-                errors.update(_insert(collection.with_tenant(weaviate_tenant(tenant)), group))
+                errors.update(_insert(self._with_tenant(name, tenant), group))
             return _sorted(name, [o.uuid for o in objects], errors)
 
     def delete(self, name: str, tenant: str, uuids: Sequence[UUID]) -> WriteResult:
@@ -411,11 +461,11 @@ class WeaviateStore:
         if not uuids:
             return WriteResult([], {})
         with self._edge(name):
-            collection = self.client.collections.get(name)
-            if weaviate_tenant(tenant) not in set(collection.tenants.get()):
+            held = self._held_tenant(name, tenant)
+            if held is None:
                 return WriteResult(list(uuids), {})
             try:
-                outcome = collection.with_tenant(weaviate_tenant(tenant)).data.delete_many(
+                outcome = held.data.delete_many(
                     where=Filter.by_id().contains_any(list(uuids)), verbose=True
                 )
             except WeaviateDeleteManyError as exc:
@@ -437,10 +487,10 @@ class WeaviateStore:
         if not uuids:
             return {}
         with self._edge(name):
-            collection = self.client.collections.get(name)
-            if weaviate_tenant(tenant) not in set(collection.tenants.get()):
+            held = self._held_tenant(name, tenant)
+            if held is None:
                 return {}
-            result = collection.with_tenant(weaviate_tenant(tenant)).query.fetch_objects(
+            result = held.query.fetch_objects(
                 filters=Filter.by_id().contains_any(list(uuids)),
                 limit=len(uuids),
                 return_properties=["ingested_at", "text_sha256"],
@@ -449,6 +499,55 @@ class WeaviateStore:
             o.uuid: (o.properties["ingested_at"], str(o.properties["text_sha256"]))
             for o in result.objects
         }
+
+    def count(self, name: str, tenant: str) -> int:
+        with self._edge(name):
+            held = self._held_tenant(name, tenant)
+            if held is None:
+                return 0
+            return held.aggregate.over_all(total_count=True).total_count or 0
+
+    def uuids(self, name: str, tenant: str) -> set[UUID]:
+        return {o.uuid for o in self.objects(name, tenant, [])}
+
+    def objects(self, name: str, tenant: str, properties: Sequence[str]) -> Iterator[Found]:
+        """Every object of one tenant with `properties`; none when the collection lacks it."""
+        with self._edge(name):
+            held = self._held_tenant(name, tenant)
+            if held is None:
+                return
+            for o in held.iterator(return_properties=list(properties)):
+                yield Found(o.uuid, dict(o.properties))
+
+    def near_vector(
+        self,
+        name: str,
+        tenant: str,
+        vector: Sequence[float],
+        *,
+        targets: Sequence[str],
+        limit: int,
+        properties: Sequence[str],
+    ) -> list[Found]:
+        """The `limit` objects of one tenant nearest to `vector` on the named vectors
+        `targets` (their distances averaged), nearest first."""
+        with self._edge(name):
+            response = self._with_tenant(name, tenant).query.near_vector(
+                list(vector),
+                target_vector=_target_vector(targets),
+                limit=limit,
+                return_properties=list(properties),
+            )
+        return [Found(o.uuid, dict(o.properties)) for o in response.objects]
+
+    def exists(self, name: str) -> bool:
+        with self._edge(name):
+            return self.client.collections.exists(name)
+
+    def query_endpoint(self, name: str, vector: str = CONTENT_VECTOR) -> str | None:
+        """The endpoint the collection's named vector embeds queries with, if it names one."""
+        with self._edge(name):
+            return _query_endpoint(self.client.collections.get(name).config.get(), vector)
 
     def collections(self, prefix: str) -> list[str]:
         """Every collection named `{prefix}_...`: one per model version."""
@@ -459,23 +558,26 @@ class WeaviateStore:
     def drop(self, name: str) -> None:
         self.client.collections.delete(name)
 
-    def count(self, name: str, tenant: str) -> int:
-        collection = self.client.collections.get(name)
-        if tenant not in set(collection.tenants.get()):
-            return 0
-        return collection.with_tenant(tenant).aggregate.over_all(total_count=True).total_count or 0
-
-    def uuids(self, name: str, tenant: str) -> set[UUID]:
-        collection = self.client.collections.get(name)
-        if tenant not in set(collection.tenants.get()):
-            return set()
-        return {o.uuid for o in collection.with_tenant(tenant).iterator(return_properties=[])}
-
     def tenants(self, name: str) -> list[str]:
-        return sorted(self.client.collections.get(name).tenants.get())
+        with self._edge(name):
+            return sorted(self.client.collections.get(name).tenants.get())
 
     def collection(self, name: str, tenant: str) -> Collection[Any, Any]:
+        """One tenant of the collection as the client's handle, for the benchmark and tests,
+        which query it in ways streamproc itself does not."""
+        return self._with_tenant(name, tenant)
+
+    def _with_tenant(self, name: str, tenant: str) -> Collection[Any, Any]:
+        """One tenant of the collection, named as Weaviate's rules allow (`weaviate_tenant`):
+        every per-tenant call comes through here."""
         return self.client.collections.get(name).with_tenant(weaviate_tenant(tenant))
+
+    def _held_tenant(self, name: str, tenant: str) -> Collection[Any, Any] | None:
+        """As `_with_tenant`, or None when the collection holds no such tenant (so no object of
+        it): Weaviate refuses a read of a tenant it does not hold."""
+        if weaviate_tenant(tenant) not in set(self.client.collections.get(name).tenants.get()):
+            return None
+        return self._with_tenant(name, tenant)
 
     # --- the serving alias -------------------------------------------------------------------
 
@@ -514,14 +616,19 @@ def _vector_config(
     )
 
 
-def query_endpoint(collection_config: Any, vector: str = CONTENT_VECTOR) -> str | None:
-    """The endpoint a collection's named vector embeds queries with, if it names one."""
+def _query_endpoint(collection_config: Any, vector: str) -> str | None:
     config = (
         collection_config.vector_config.get(vector) if collection_config.vector_config else None
     )
     if config is None:
         return None
     return config.vectorizer.model.get("inferenceUrl")
+
+
+def _target_vector(targets: Sequence[str]) -> TargetVectorJoinType:
+    if len(targets) == 1:
+        return targets[0]
+    return TargetVectors.average(list(targets))
 
 
 def _already_exists(exc: UnexpectedStatusCodeError) -> bool:

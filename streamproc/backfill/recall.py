@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from weaviate.classes.query import TargetVectors
-from weaviate.collections.classes.grpc import TargetVectorJoinType
-
 from streamproc.backfill.quality import Query, Scores, score
 from streamproc.models import EmbeddingModel
 from streamproc.naming import weaviate_tenant
@@ -16,14 +13,14 @@ from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, WeaviateSt
 K = 10
 
 
-def target_vectors(names: Collection[str]) -> TargetVectorJoinType:
+def target_vectors(names: Collection[str]) -> list[str]:
     """Content and heading vectors, their distances averaged, where the collection has both;
     content alone in one created without a heading vector. (Weaviate leaves out of a
     multi-target search an object that lacks a target; the embedder gives a chunk without a
     heading its content vector as heading vector, so none does.)"""
     if HEADING_VECTOR in names:
-        return TargetVectors.average([CONTENT_VECTOR, HEADING_VECTOR])
-    return CONTENT_VECTOR
+        return [CONTENT_VECTOR, HEADING_VECTOR]
+    return [CONTENT_VECTOR]
 
 
 def measure(
@@ -43,16 +40,14 @@ def measure(
         tenant = weaviate_tenant(query.tenant)
         ranked: list[str] = []
         if tenant in tenants:
-            response = (
-                store.client.collections.get(collection)
-                .with_tenant(tenant)
-                .query.near_vector(
-                    vector.tolist(),
-                    target_vector=targets,
-                    limit=k,
-                    return_properties=["chunk_key"],
-                )
+            found = store.near_vector(
+                collection,
+                query.tenant,
+                vector.tolist(),
+                targets=targets,
+                limit=k,
+                properties=["chunk_key"],
             )
-            ranked = [str(o.properties["chunk_key"]) for o in response.objects]
+            ranked = [str(o.properties["chunk_key"]) for o in found]
         results.append((query, ranked))
     return score(results, k)

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from weaviate.classes.query import MetadataQuery
-
 from streamproc.avro_codec import load_schemas
 from streamproc.backfill.commands import read_jobs
 from streamproc.backfill.jobs import Job, live_writer
@@ -24,7 +22,7 @@ from streamproc.backfill.replay import in_scope
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import live_chunks
 from streamproc.models import EmbeddingModel, load_model
-from streamproc.naming import object_uuid, weaviate_tenant
+from streamproc.naming import object_uuid
 from streamproc.settings import Settings
 from streamproc.verify import EXAMPLES, TenantReport, compare_collection
 from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
@@ -255,20 +253,17 @@ def _held(
 def _finds_itself(
     store: WeaviateStore, collection: str, record: dict[str, Any], vector: list[float]
 ) -> bool:
-    response = (
-        store.client.collections.get(collection)
-        .with_tenant(weaviate_tenant(record["tenant"]))
-        .query.near_vector(
-            vector,
-            target_vector=CONTENT_VECTOR,
-            limit=1,
-            return_properties=["text_sha256"],
-            return_metadata=MetadataQuery(distance=True),
-        )
+    found = store.near_vector(
+        collection,
+        record["tenant"],
+        vector,
+        targets=[CONTENT_VECTOR],
+        limit=1,
+        properties=["text_sha256"],
     )
-    if not response.objects:
+    if not found:
         return False
-    top = response.objects[0]
+    top = found[0]
     # A chunk with the very same text elsewhere ties with it; either is a correct answer.
     return top.uuid == object_uuid(record["chunk_key"]) or (
         top.properties.get("text_sha256") == record["text_sha256"]

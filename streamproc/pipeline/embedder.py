@@ -44,8 +44,10 @@ from streamproc.weaviate_store import (
     CONTENT_VECTOR,
     HEADING_VECTOR,
     ChunkObject,
+    Embedding,
     WeaviateStore,
     WriteResult,
+    object_properties,
 )
 
 log = logging.getLogger(__name__)
@@ -459,26 +461,18 @@ class Embedder:
         return ChunkObject(
             uuid=object_uuid(chunk["chunk_key"]),
             tenant=chunk["tenant"],
-            properties={
-                "chunk_key": chunk["chunk_key"],
-                "tenant": chunk["tenant"],
-                "doc_id": chunk["doc_id"],
-                "chunk_index": chunk["chunk_index"],
-                "heading_path": chunk["heading_path"],
-                "text": "" if self.settings.pii_mode else chunk["text"],
-                "text_sha256": chunk["text_sha256"],
-                "char_count": chunk["char_count"],
-                "token_count": self._tokens(target.model, chunk),
-                "truncated": chunk["truncated"],
-                "model_name": spec.name,
-                "model_id": spec.source,
-                "model_revision": target.model.revision or spec.revision or "",
-                "model_version": spec.version,
-                "policy_version": chunk["policy_version"],
-                "source_uri": chunk["source_uri"] or "",
-                "ingested_at": chunk["ingested_at"],
-                "embedded_at": datetime.now(UTC),
-            },
+            properties=object_properties(
+                chunk,
+                Embedding(
+                    model_name=spec.name,
+                    model_id=spec.source,
+                    model_revision=target.model.revision or spec.revision or "",
+                    model_version=spec.version,
+                ),
+                text="" if self.settings.pii_mode else chunk["text"],
+                token_count=self._tokens(target.model, chunk),
+                embedded_at=datetime.now(UTC),
+            ),
             vectors=vectors,
         )
 

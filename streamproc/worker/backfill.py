@@ -9,7 +9,6 @@ from typing import Any
 
 import faust
 from faust.types import TP, EventT
-from weaviate.exceptions import WeaviateBaseError
 
 from streamproc import telemetry
 from streamproc.backfill.job_store import JobStore
@@ -142,7 +141,7 @@ def add_backfill(
         try:
             await acknowledge(member)
         except Exception as exc:
-            if not (is_transient(exc) or isinstance(exc, WeaviateBaseError)):
+            if not is_transient(exc):
                 raise
             # Kafka or Weaviate away for a moment: the next tick tries again.
             log.warning("retire acknowledgement postponed", extra={"exc_type": type(exc).__name__})
@@ -153,7 +152,7 @@ def add_backfill(
                 continue
             # A dropped collection needs no acknowledgement (a new member id would otherwise
             # acknowledge every collection ever retired again).
-            if not await asyncio.to_thread(store.client.collections.exists, collection):
+            if not await asyncio.to_thread(store.exists, collection):
                 acked[collection] = (member, job_ids)
                 continue
             ack = {

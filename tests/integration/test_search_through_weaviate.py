@@ -26,7 +26,6 @@ from streamproc.weaviate_store import (
     PROPERTIES,
     WeaviateStore,
     connect,
-    query_endpoint,
 )
 from tests.conftest import with_topics
 from tests.pipeline_support import (
@@ -99,8 +98,8 @@ def test_near_text_on_the_alias_follows_promote_and_rollback(searchable: Setting
     new = settings.collection_for(settings.model(SECOND))
 
     with connect(settings.weaviate) as client:
-        config = client.collections.get(old).config.get()
-    assert query_endpoint(config) == settings.inference.url_for(active)
+        endpoint = WeaviateStore(client).query_endpoint(old)
+    assert endpoint == settings.inference.url_for(active)
     # Objects came with their vectors: Weaviate asked no endpoint to embed a passage.
     assert all("passage" not in c for c in served_counts(settings).values())
 
@@ -120,9 +119,7 @@ def test_near_text_on_the_alias_follows_promote_and_rollback(searchable: Setting
     job = wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
     assert job["state"] == "COMPLETED", job["error"]
     with connect(settings.weaviate) as client:
-        assert query_endpoint(client.collections.get(new).config.get()) == (
-            settings.inference.url_for(SECOND)
-        )
+        assert WeaviateStore(client).query_endpoint(new) == (settings.inference.url_for(SECOND))
     report, previous = promote(settings, new)
     assert report.ok and previous == old
 
@@ -253,7 +250,7 @@ def test_a_collection_made_before_keeps_working_and_gains_new_properties(
         store.ensure_collection(name, 384, inference_url=settings.inference.url_for("x"))
         config = client.collections.get(name).config.get()
         assert "model_name" in {p.name for p in config.properties}
-        assert query_endpoint(config) is None
+        assert store.query_endpoint(name) is None
         store.point_alias(f"{settings.weaviate.collection_prefix}Old", name)
     old = settings.model_copy(
         update={

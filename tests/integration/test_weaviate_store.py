@@ -70,10 +70,22 @@ def test_tenants_are_isolated(settings: Settings) -> None:
             name,
             [_obj("a/x/p1/0", [1.0, 0.0], tenant="a"), _obj("b/y/p1/0", [1.0, 0.0], tenant="b")],
         )
-        hits = store.collection(name, "a").query.near_vector(
-            [1.0, 0.0], target_vector=CONTENT_VECTOR, limit=10
+        hits = store.near_vector(
+            name, "a", [1.0, 0.0], targets=[CONTENT_VECTOR], limit=10, properties=["tenant"]
         )
-        assert {h.properties["tenant"] for h in hits.objects} == {"a"}
+        assert {h.properties["tenant"] for h in hits} == {"a"}
+        assert [h.uuid for h in hits] == [object_uuid("a/x/p1/0")]
+        held = store.objects(name, "b", ["chunk_key"])
+        assert {(o.uuid, o.properties["chunk_key"]) for o in held} == {
+            (object_uuid("b/y/p1/0"), "b/y/p1/0")
+        }
+        assert store.uuids(name, "b") == {object_uuid("b/y/p1/0")}
+        assert store.count(name, "b") == 1
+        # A tenant the collection does not hold has no objects; it is not made by asking.
+        assert store.uuids(name, "c") == set() and store.count(name, "c") == 0
+        assert list(store.objects(name, "c", ["chunk_key"])) == []
+        assert store.tenants(name) == ["a", "b"]
+        assert store.exists(name) and not store.exists(f"{name}_absent")
 
 
 def test_dimension_mismatch_is_refused_with_the_fix(settings: Settings) -> None:
