@@ -4,9 +4,10 @@ samples and verdicts, without Kafka or Weaviate."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
+from uuid import UUID
 
 import pytest
 
@@ -21,7 +22,7 @@ from streamproc.backfill.verification import (
 from streamproc.naming import object_uuid
 from streamproc.settings import Settings
 from streamproc.verify import EXAMPLES, TenantReport, compare, compare_collection, held_hashes
-from streamproc.weaviate_store import WeaviateStore
+from streamproc.weaviate_store import Found, WeaviateStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -75,14 +76,9 @@ def test_a_report_lists_up_to_the_example_count_without_a_remainder() -> None:
     assert key_checks([clean]) == [Check("keys[t]", True, clean.detail())]
 
 
-@dataclass
-class _Object:
-    properties: dict[str, Any]
-
-
 class InMemoryStoreForTests:
     """A test-local stand-in for the two WeaviateStore reads `verify` makes: tenant names and
-    an iterator over one tenant's objects."""
+    one tenant's objects."""
 
     def __init__(self, held: dict[str, dict[str, str]]) -> None:
         self.held = held
@@ -91,16 +87,11 @@ class InMemoryStoreForTests:
     def tenants(self, name: str) -> list[str]:
         return sorted(self.held)
 
-    def collection(self, name: str, tenant: str) -> InMemoryStoreForTests:
+    def objects(self, name: str, tenant: str, properties: Sequence[str]) -> Iterator[Found]:
+        assert list(properties) == ["chunk_key", "text_sha256"]
         self.opened.append(tenant)
-        self._tenant = tenant
-        return self
-
-    def iterator(self, return_properties: list[str]) -> list[_Object]:
-        assert return_properties == ["chunk_key", "text_sha256"]
-        return [
-            _Object({"chunk_key": k, "text_sha256": h}) for k, h in self.held[self._tenant].items()
-        ]
+        for i, (key, sha) in enumerate(self.held[tenant].items()):
+            yield Found(UUID(int=i), {"chunk_key": key, "text_sha256": sha})
 
 
 def _as_store(store: InMemoryStoreForTests) -> WeaviateStore:
