@@ -57,7 +57,7 @@ async def read_jobs(settings: Settings) -> dict[str, Job]:
     return jobs
 
 
-def start_job(
+async def start_job(
     settings: Settings,
     model_name: str,
     tenant: str | None = None,
@@ -67,14 +67,12 @@ def start_job(
     """Queue a replay of the chunk topic into `model_name`'s collection; returns the job id."""
     spec = settings.model(model_name)
     collection = settings.collection_for(spec)
-    with connect(settings.weaviate) as client:
-        serving = WeaviateStore(client).alias_target(settings.weaviate.collection_prefix)
-    if serving == collection:
+    if await asyncio.to_thread(_serving, settings) == collection:
         raise StreamprocError(
             f"{collection} is the collection the alias serves; a backfill never writes the "
             "serving collection. Register the model under a new version for a new collection."
         )
-    busy = conflicting_job(asyncio.run(read_jobs(settings)).values(), collection)
+    busy = conflicting_job((await read_jobs(settings)).values(), collection)
     if busy is not None:
         raise StreamprocError(
             f"job {busy['job_id']} is already {busy['state']} into {collection}; "
@@ -91,32 +89,30 @@ def start_job(
         "auto_promote": auto_promote,
         "requested_at": now(),
     }
-    asyncio.run(_send(settings, job_id, command))
+    await _send(settings, job_id, command)
     return job_id
 
 
-def cancel_job(settings: Settings, job_id: str) -> Job:
-    job = asyncio.run(read_jobs(settings)).get(job_id)
+def _serving(settings: Settings) -> str | None:
+    with connect(settings.weaviate) as client:
+        return WeaviateStore(client).alias_target(settings.weaviate.collection_prefix)
+
+
+async def cancel_job(settings: Settings, job_id: str) -> Job:
+    job = (await read_jobs(settings)).get(job_id)
     if job is None:
         raise StreamprocError(f"no backfill job {job_id!r}; `streamproc backfill list` shows them")
     if job["state"] in TERMINAL:
         raise StreamprocError(f"job {job_id} is already {job['state']}; nothing to cancel")
-    asyncio.run(_send(settings, job_id, {"op": "CANCEL", "job_id": job_id, "requested_at": now()}))
+    await _send(settings, job_id, {"op": "CANCEL", "job_id": job_id, "requested_at": now()})
     return job
 
 
-def send_retire(settings: Settings, collection: str) -> None:
-    asyncio.run(
-        _send(
-            settings,
-            collection,
-            {
-                "op": "RETIRE",
-                "job_id": "",
-                "target_collection": collection,
-                "requested_at": now(),
-            },
-        )
+async def send_retire(settings: Settings, collection: str) -> None:
+    await _send(
+        settings,
+        collection,
+        {"op": "RETIRE", "job_id": "", "target_collection": collection, "requested_at": now()},
     )
 
 
@@ -150,18 +146,12 @@ async def embedder_members(settings: Settings) -> tuple[str, set[str]]:
     return "Dead", set()
 
 
-def wait_for_retire_acks(
+async def wait_for_retire_acks(
     settings: Settings, collection: str, job_ids: set[str], timeout_s: float
 ) -> None:
     """Until every member of the embedder group has acknowledged that it no longer writes
     `collection` for any of `job_ids`: then nothing can write it any more. A member that
     joins later reads the job table before its first write and never writes it."""
-    asyncio.run(_wait_for_retire_acks(settings, collection, job_ids, timeout_s))
-
-
-async def _wait_for_retire_acks(
-    settings: Settings, collection: str, job_ids: set[str], timeout_s: float
-) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         # Mid-rebalance the member list is not final: a member leaving may still be writing.
@@ -181,7 +171,7 @@ async def _wait_for_retire_acks(
         await asyncio.sleep(0.5)
 
 
-def wait_for(
+async def wait_for(
     settings: Settings,
     job_id: str,
     until: Callable[[Job], bool],
@@ -189,16 +179,6 @@ def wait_for(
     on_change: Callable[[Job], None] | None = None,
 ) -> Job:
     """Follow the job table until `until(job)` holds; `on_change` sees every new state."""
-    return asyncio.run(_wait_for(settings, job_id, until, timeout_s, on_change))
-
-
-async def _wait_for(
-    settings: Settings,
-    job_id: str,
-    until: Callable[[Job], bool],
-    timeout_s: float,
-    on_change: Callable[[Job], None] | None,
-) -> Job:
     # One follower reading only what is new, not the whole changelog again every poll.
     view = JobsView(settings)
     deadline = time.monotonic() + timeout_s
@@ -225,7 +205,7 @@ async def _wait_for(
         await view.stop()
 
 
-def follow_job(settings: Settings, job_id: str, timeout_s: float = 3600) -> Job:
+async def follow_job(settings: Settings, job_id: str, timeout_s: float = 3600) -> Job:
     """A progress bar (offsets replayed of the total, throttling shown) until the job ends."""
     from tqdm import tqdm
 
@@ -237,4 +217,4 @@ def follow_job(settings: Settings, job_id: str, timeout_s: float = 3600) -> Job:
             bar.set_postfix_str(str(job["throttled"] or job["state"]))
             bar.refresh()
 
-        return wait_for(settings, job_id, lambda j: j["state"] in TERMINAL, timeout_s, show)
+        return await wait_for(settings, job_id, lambda j: j["state"] in TERMINAL, timeout_s, show)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections import Counter
@@ -119,7 +120,7 @@ def test_documents_become_exactly_their_chunks_in_every_collection(pipeline: Set
     for collection in _collections(pipeline):
         for name, chunks in expected.items():
             assert _doc_count(pipeline, collection, "e2e", name) == len(chunks)
-        checked, reports = verify_collection(pipeline, collection)
+        checked, reports = asyncio.run(verify_collection(pipeline, collection))
         assert checked == collection
         assert [r for r in reports if r.tenant == "e2e" and not r.ok] == []
 
