@@ -4,7 +4,7 @@ in its live version?"""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from streamproc.avro_codec import load_schemas
@@ -49,17 +49,13 @@ class TenantReport:
         return text
 
 
-async def live_hashes(
-    settings: Settings, tenants: Collection[str] | None = None
-) -> dict[str, dict[str, str]]:
-    """The chunk topic's live chunks as chunk key -> text_sha256 per tenant (only `tenants`,
-    when given)."""
+async def live_hashes(settings: Settings) -> dict[str, dict[str, str]]:
+    """The chunk topic's live chunks as chunk key -> text_sha256 per tenant."""
     codec = load_schemas(settings.schemas_dir).codec("ChunkRecord")
     by_tenant: dict[str, dict[str, str]] = {}
     for key, value in (await live_chunks(settings)).items():
         tenant = key.split("/", 1)[0]
-        if tenants is None or tenant in tenants:
-            by_tenant.setdefault(tenant, {})[key] = codec.decode(value)["text_sha256"]
+        by_tenant.setdefault(tenant, {})[key] = codec.decode(value)["text_sha256"]
     return by_tenant
 
 

@@ -62,9 +62,9 @@ async def _flip(
     settings: Settings, store: WeaviateStore, target: str, action: str, report: str | None
 ) -> str | None:
     alias = settings.weaviate.collection_prefix
-    if not await asyncio.to_thread(store.client.collections.exists, target):
+    if not store.client.collections.exists(target):
         raise StreamprocError(f"collection {target} does not exist")
-    previous = await asyncio.to_thread(store.point_alias, alias, target)
+    previous = store.point_alias(alias, target)
     change = {
         "alias": alias,
         "previous": previous,
