@@ -49,6 +49,7 @@ from streamproc.models import load_model
 from streamproc.naming import document_key
 from streamproc.produce import event_for, expand
 from streamproc.settings import CORPUS, REPO_ROOT, ModelSpec, Settings
+from streamproc.topics import topic_name
 from streamproc.worker.runner import worker_subprocess
 
 RESULTS = REPO_ROOT / "bench" / "results" / "backfill.json"
@@ -67,7 +68,7 @@ def fill(settings: Settings, copies: int, alive: Callable[[], bool]) -> list[str
             event = {**event_for(doc, TENANT), "doc_id": f"copy{copy}/{doc.doc_id}"}
             record = codec.decode_json(json.dumps(event))
             items.append((document_key(TENANT, record["doc_id"]).encode(), codec.encode(record)))
-    start = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
+    start = asyncio.run(end_offsets(settings, topic_name(settings, "embed-done")))
     asyncio.run(_produce(settings, "chunk-requested", items))
     asyncio.run(
         _wait_done(settings, start, lambda d: d["doc_id"].startswith("copy"), len(requests), alive)
@@ -76,11 +77,11 @@ def fill(settings: Settings, copies: int, alive: Callable[[], bool]) -> list[str
 
 
 def replay_rate(settings: Settings, model: str) -> tuple[float, dict[str, Any]]:
-    job = wait_for(
-        settings,
-        start_job(settings, model),
-        lambda j: j["state"] in ("COMPLETED", "FAILED", "CANCELLED"),
-        1800,
+    job_id = asyncio.run(start_job(settings, model))
+    job = asyncio.run(
+        wait_for(
+            settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED", "CANCELLED"), 1800
+        )
     )
     if job["state"] != "COMPLETED":
         raise RuntimeError(f"backfill ended {job['state']}: {job['error']}")
@@ -136,18 +137,18 @@ def _run(
 
         # As before a rotation, live traffic writes the serving collection only.
         for spec in versions[1:]:
-            retire(settings, settings.collection_for(spec))
+            asyncio.run(retire(settings, settings.collection_for(spec)))
         live_texts = single_chunk_texts(settings, texts)
         _warm_up(settings, texts, alive)
         quiet = bench_latency(settings, live_texts, latency_rate, latency_seconds, alive, "quiet")
-        job_id = start_job(settings, versions[0].name)
-        wait_for(settings, job_id, lambda j: j["state"] == "RUNNING", 300)
+        job_id = asyncio.run(start_job(settings, versions[0].name))
+        asyncio.run(wait_for(settings, job_id, lambda j: j["state"] == "RUNNING", 300))
         busy_started = time.monotonic()
         busy = bench_latency(settings, live_texts, latency_rate, latency_seconds, alive, "busy")
         busy_seconds = time.monotonic() - busy_started
-        during = wait_for(settings, job_id, lambda j: True, 60)
+        during = asyncio.run(wait_for(settings, job_id, lambda j: True, 60))
         overlapped = during["state"] == "RUNNING"
-        final = wait_for(settings, job_id, lambda j: j["state"] != "RUNNING", 1800)
+        final = asyncio.run(wait_for(settings, job_id, lambda j: j["state"] != "RUNNING", 1800))
     ratio = statistics.median(r / w for r, w in zip(replay, raw, strict=True))
     summary = {
         "chunks": len(texts),

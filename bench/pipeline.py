@@ -46,6 +46,7 @@ from streamproc.otlp_receiver import OtlpReceiver
 from streamproc.pipeline.chunker import Chunker
 from streamproc.produce import event_for, expand
 from streamproc.settings import CORPUS, REPO_ROOT, Settings
+from streamproc.topics import topic_name
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
 from streamproc.weaviate_store import CONTENT_VECTOR, ChunkObject, WeaviateStore, connect
@@ -134,14 +135,16 @@ async def _wait_done(
 
 async def _produce(settings: Settings, topic: str, items: list[tuple[bytes, bytes]]) -> None:
     async with producer(settings) as prod:
-        futures = [await prod.send(settings.topic(topic), value, key=key) for key, value in items]
+        futures = [
+            await prod.send(topic_name(settings, topic), value, key=key) for key, value in items
+        ]
         await asyncio.gather(*futures)
 
 
 def bench_pipeline(
     settings: Settings, items: list[tuple[bytes, bytes]], alive: Callable[[], bool]
 ) -> float:
-    start = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
+    start = asyncio.run(end_offsets(settings, topic_name(settings, "embed-done")))
     started = time.perf_counter()
     asyncio.run(_produce(settings, "embed-requested", items))
     asyncio.run(_wait_done(settings, start, lambda d: d["tenant"] == TENANT, len(items), alive))
@@ -171,7 +174,7 @@ async def _paced(
             # Pacing an open-loop load generator, not waiting for readiness.
             await asyncio.sleep(max(0.0, origin + i / rate - time.monotonic()))
             sent[key] = time.time()
-            futures.append(await prod.send(settings.topic("chunk-requested"), value, key=key))
+            futures.append(await prod.send(topic_name(settings, "chunk-requested"), value, key=key))
         await asyncio.gather(*futures)
     return sent
 
@@ -212,7 +215,7 @@ def bench_latency(
     # Searchable when it is in the collection the alias serves: a backfill target written
     # beside it has its own embed-done records.
     serving = settings.collection_for(settings.model(settings.active_model))
-    start = asyncio.run(end_offsets(settings, settings.topic("embed-done")))
+    start = asyncio.run(end_offsets(settings, topic_name(settings, "embed-done")))
     sent = asyncio.run(_paced(settings, events, rate))
     done = asyncio.run(
         _wait_done(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Coroutine
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -16,6 +17,8 @@ from streamproc.logs import configure_logging, silence_dependency_warnings
 from streamproc.search import DEFAULT_FUSION, DEFAULT_MODE, DEFAULT_TARGETS, Fusion, Mode
 from streamproc.settings import Settings, load_settings
 from streamproc.topics import dead_letter_topic, topic_name, topics_for
+
+T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 dev_app = typer.Typer(no_args_is_help=True, help="Local Kafka and Weaviate without Docker.")
@@ -30,6 +33,12 @@ app.add_typer(topology_app, name="topology")
 def _fail(exc: Exception) -> typer.Exit:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=1)
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """The one event loop of a command: the library's operations are coroutines, and each
+    command awaits all of its own in this loop."""
+    return asyncio.run(work)
 
 
 def _settings() -> Settings:
@@ -101,7 +110,7 @@ def _reconcile(apply: bool) -> None:
     settings = _settings()
     specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
     try:
-        report = asyncio.run(reconcile(settings, specs, apply=apply))
+        report = _run(reconcile(settings, specs, apply=apply))
     except StreamprocError as exc:
         raise _fail(exc) from exc
     for note in report.notes:
@@ -153,7 +162,7 @@ def tail(
 
     settings = _settings()
     try:
-        asyncio.run(
+        _run(
             tail_topic(
                 settings,
                 topic_name(settings, topic),
@@ -183,7 +192,7 @@ def worker(
     try:
         configure_logging()
         # Faust would retry refused credentials or an untrusted certificate forever.
-        if (problem := asyncio.run(connection_problem(settings.kafka))) is not None:
+        if (problem := _run(connection_problem(settings.kafka))) is not None:
             raise problem
         if role == "all":
             raise typer.Exit(code=run_all(settings, ROLES))
@@ -214,7 +223,7 @@ def produce(
     telemetry.setup(settings.telemetry, "streamproc-produce")
     try:
         docs = expand(paths)
-        sent = asyncio.run(
+        sent = _run(
             produce_documents(settings, docs, tenant, "DELETE" if delete else "UPSERT", force=force)
         )
     except StreamprocError as exc:
@@ -234,7 +243,7 @@ def verify(
 
     settings = _settings()
     try:
-        name, reports = verify_collection(settings, collection)
+        name, reports = _run(verify_collection(settings, collection))
     except StreamprocError as exc:
         raise _fail(exc) from exc
     for report in reports:
@@ -333,7 +342,7 @@ def dlq_replay(
 
     settings = _settings()
     try:
-        count = asyncio.run(replay(settings, topic))
+        count = _run(replay(settings, topic))
     except StreamprocError as exc:
         raise _fail(exc) from exc
     typer.echo(f"replayed {count} message(s) from {dead_letter_topic(topic_name(settings, topic))}")
@@ -367,28 +376,30 @@ def backfill_start(
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the job ends")] = False,
 ) -> None:
     """Queue a replay of the chunk topic into the model's own collection."""
-    from streamproc.backfill.commands import start_job
+    from streamproc.backfill.commands import follow_job, start_job
+    from streamproc.backfill.jobs import Job, describe, now
 
     settings = _settings()
-    try:
-        job_id = start_job(settings, model, tenant, priority.value, auto_promote)
-    except (StreamprocError, KeyError) as exc:
-        raise _fail(exc) from exc
-    typer.echo(
-        f"job {job_id}: PENDING, model {model} -> {settings.collection_for(settings.model(model))}"
-    )
-    if wait:
-        _follow_job(settings, job_id)
 
+    async def start() -> Job | None:
+        try:
+            job_id = await start_job(settings, model, tenant, priority.value, auto_promote)
+        except (StreamprocError, KeyError) as exc:
+            raise _fail(exc) from exc
+        typer.echo(
+            f"job {job_id}: PENDING, model {model} -> "
+            f"{settings.collection_for(settings.model(model))}"
+        )
+        if not wait:
+            return None
+        try:
+            return await follow_job(settings, job_id)
+        except StreamprocError as exc:
+            raise _fail(exc) from exc
 
-def _follow_job(settings: Settings, job_id: str) -> None:
-    from streamproc.backfill.commands import follow_job
-    from streamproc.backfill.jobs import describe, now
-
-    try:
-        job = follow_job(settings, job_id)
-    except StreamprocError as exc:
-        raise _fail(exc) from exc
+    job = _run(start())
+    if job is None:
+        return
     for line in describe(job, now()):
         typer.echo(line)
     if job["state"] != "COMPLETED":
@@ -406,7 +417,7 @@ def backfill_status(
     from streamproc.backfill.jobs import TERMINAL, describe, now
 
     settings = _settings()
-    jobs = asyncio.run(read_jobs(settings))
+    jobs = _run(read_jobs(settings))
     if job_id is not None:
         if job_id not in jobs:
             raise _fail(
@@ -428,7 +439,7 @@ def backfill_list() -> None:
     from streamproc.backfill.commands import read_jobs
     from streamproc.backfill.jobs import now, summary
 
-    jobs = asyncio.run(read_jobs(_settings()))
+    jobs = _run(read_jobs(_settings()))
     for job in sorted(jobs.values(), key=lambda j: j["created_at"]):
         typer.echo(summary(job, now()))
 
@@ -439,7 +450,7 @@ def backfill_cancel(job_id: Annotated[str, typer.Argument(help="Job id")]) -> No
     from streamproc.backfill.commands import cancel_job
 
     try:
-        cancel_job(_settings(), job_id)
+        _run(cancel_job(_settings(), job_id))
     except StreamprocError as exc:
         raise _fail(exc) from exc
     typer.echo(f"job {job_id}: cancel requested")
@@ -453,10 +464,14 @@ def alias_show() -> None:
 
     settings = _settings()
     alias = settings.weaviate.collection_prefix
-    try:
+
+    async def show() -> tuple[str | None, list[dict[str, object]]]:
         with connect(settings.weaviate) as client:
             target = WeaviateStore(client).alias_target(alias)
-        changes = history(settings)
+        return target, await history(settings)
+
+    try:
+        target, changes = _run(show())
     except StreamprocError as exc:
         raise _fail(exc) from exc
     typer.echo(f"alias {alias} -> {target or '(none)'}")
@@ -483,15 +498,24 @@ def alias_promote(
     ] = False,
 ) -> None:
     """Verify a collection and flip the alias to it; refuses, alias untouched, on failure."""
-    from streamproc.backfill.alias import VerificationFailed, default_promotion_target, promote
+    from streamproc.backfill.alias import (
+        VerificationFailed,
+        default_promotion_target,
+        verify_and_promote,
+    )
+    from streamproc.backfill.verification import Verification
 
     settings = _settings()
+
+    async def flip(collection: str | None) -> tuple[str, Verification, str | None]:
+        target = collection or await default_promotion_target(settings)
+        typer.echo(f"verifying {target}")
+        return target, *await verify_and_promote(settings, target, force=force)
+
     try:
         if model is not None:
             collection = settings.collection_for(settings.model(model))
-        target = collection or default_promotion_target(settings)
-        typer.echo(f"verifying {target}")
-        report, previous = promote(settings, target, force=force)
+        target, report, previous = _run(flip(collection))
     except VerificationFailed as exc:
         _print_verification(exc.report.lines())
         if exc.forcible:
@@ -515,7 +539,7 @@ def alias_rollback() -> None:
 
     settings = _settings()
     try:
-        current, previous = rollback(settings)
+        current, previous = _run(rollback(settings))
     except StreamprocError as exc:
         raise _fail(exc) from exc
     typer.echo(f"alias {settings.weaviate.collection_prefix}: {current} -> {previous}")
@@ -527,7 +551,7 @@ def collections_list() -> None:
     from streamproc.backfill.alias import list_collections
 
     try:
-        infos = list_collections(_settings())
+        infos = _run(list_collections(_settings()))
     except StreamprocError as exc:
         raise _fail(exc) from exc
     for info in infos:
@@ -544,7 +568,7 @@ def collections_retire(name: Annotated[str, typer.Argument(help="Collection to d
     from streamproc.backfill.alias import retire
 
     try:
-        retire(_settings(), name)
+        _run(retire(_settings(), name))
     except StreamprocError as exc:
         raise _fail(exc) from exc
     typer.echo(f"retired {name}")

@@ -21,7 +21,7 @@ import typer
 from aiokafka import TopicPartition
 from tqdm import tqdm
 
-from streamproc.backfill.alias import promote, rollback
+from streamproc.backfill.alias import rollback, verify_and_promote
 from streamproc.backfill.commands import follow_job, read_jobs, start_job
 from streamproc.backfill.jobs import conflicting_job, describe, now
 from streamproc.chunking.extract import extract_sections
@@ -121,8 +121,8 @@ def run_demo(settings: Settings, manage_services: bool = True) -> None:
             asyncio.run(_await_embedded(settings, start_offsets, wanted, proc, log))
             for query in QUERIES:
                 _search(settings, query)
-            _rotate(settings, second)
-            _verify(settings)
+            asyncio.run(_rotate(settings, second))
+            asyncio.run(_verify(settings))
         typer.echo(f"worker: stopped (exit {proc.returncode}); its log: {log}")
     typer.echo(f"\ndone in {time.monotonic() - started:.0f}s")
 
@@ -156,25 +156,25 @@ def _search(settings: Settings, query: str) -> None:
         typer.echo(f"  {rank}. {hit.score:.3f}  {hit.doc_id}  {where}")
 
 
-def _rotate(settings: Settings, model: ModelSpec) -> None:
+async def _rotate(settings: Settings, model: ModelSpec) -> None:
     """Backfill to the second model, verify, flip, search again, roll back."""
     target = settings.collection_for(model)
     typer.echo(f"\nmodel rotation: backfill into {target} ({model.name}, {model.dimension}d)")
     # An earlier run stopped half-way left its job unfinished: follow that one to its end.
-    unfinished = conflicting_job(asyncio.run(read_jobs(settings)).values(), target)
-    job_id = unfinished["job_id"] if unfinished else start_job(settings, model.name)
-    job = follow_job(settings, job_id)
+    unfinished = conflicting_job((await read_jobs(settings)).values(), target)
+    job_id = unfinished["job_id"] if unfinished else await start_job(settings, model.name)
+    job = await follow_job(settings, job_id)
     for line in describe(job, now()):
         typer.echo(line)
     if job["state"] != "COMPLETED":
         raise StreamprocError(f"the backfill ended {job['state']}: {job['error']}")
     typer.echo(f"verifying {target} before the flip:")
-    report, previous = promote(settings, target)
+    report, previous = await verify_and_promote(settings, target)
     for line in report.lines():
         typer.echo(f"  {line}")
     typer.echo(f"alias {settings.weaviate.collection_prefix}: {previous} -> {target}")
     _search(settings, QUERIES[1])
-    current, back = rollback(settings)
+    current, back = await rollback(settings)
     typer.echo(f"\nrollback: alias {settings.weaviate.collection_prefix}: {current} -> {back}")
     _search(settings, QUERIES[1])
 
@@ -209,9 +209,9 @@ async def _await_embedded(
                     raise StreamprocError(f"no progress for 5 minutes; see the worker log {log}")
 
 
-def _verify(settings: Settings) -> None:
+async def _verify(settings: Settings) -> None:
     """The served collection against the chunk topic: the demo ends only when it is exact."""
-    name, reports = verify_collection(settings, None)
+    name, reports = await verify_collection(settings, None)
     for report in reports:
         if not report.ok:
             raise StreamprocError(

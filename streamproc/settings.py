@@ -352,14 +352,6 @@ class Settings(BaseSettings):
             f"no registered model version writes {collection}; register it in the model registry"
         )
 
-    @property
-    def jobs_changelog(self) -> str:
-        """The backfill job table's changelog (Faust names it; its values are Avro)."""
-        return f"{self.worker.app_id}-embedder-backfill_jobs-changelog"
-
-    def topic(self, name: str) -> str:
-        return f"{self.kafka.topic_prefix}{name}"
-
     def isolated(self, data_dir: Path, **updates: Any) -> Settings:
         """Own topic prefix, collection prefix, consumer groups and worker state on the same
         services: what tests and benchmarks use so runs never see each other's data."""

@@ -4,13 +4,13 @@ in its live version?"""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from streamproc.avro_codec import load_schemas
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import live_chunks
 from streamproc.settings import Settings
+from streamproc.topics import topics_for
 from streamproc.weaviate_store import WeaviateStore, connect
 
 # Chunk key -> text_sha256, per tenant.
@@ -49,17 +49,13 @@ class TenantReport:
         return text
 
 
-def live_hashes(
-    settings: Settings, tenants: Collection[str] | None = None
-) -> dict[str, dict[str, str]]:
-    """The chunk topic's live chunks as chunk key -> text_sha256 per tenant (only `tenants`,
-    when given)."""
-    codec = load_schemas(settings.schemas_dir).codec("ChunkRecord")
+async def live_hashes(settings: Settings) -> dict[str, dict[str, str]]:
+    """The chunk topic's live chunks as chunk key -> text_sha256 per tenant."""
+    codec = topics_for(settings).chunks
     by_tenant: dict[str, dict[str, str]] = {}
-    for key, value in asyncio.run(live_chunks(settings)).items():
+    for key, value in (await live_chunks(settings)).items():
         tenant = key.split("/", 1)[0]
-        if tenants is None or tenant in tenants:
-            by_tenant.setdefault(tenant, {})[key] = codec.decode(value)["text_sha256"]
+        by_tenant.setdefault(tenant, {})[key] = codec.decode(value)["text_sha256"]
     return by_tenant
 
 
@@ -93,18 +89,13 @@ def compare(expected: Hashes, actual: Hashes) -> list[TenantReport]:
 
 
 def compare_collection(
-    settings: Settings,
-    store: WeaviateStore,
-    collection: str,
-    tenant: str | None = None,
-    expected: Hashes | None = None,
+    store: WeaviateStore, collection: str, expected: Hashes, tenant: str | None = None
 ) -> list[TenantReport]:
-    """`collection` against the chunk topic (read now unless `expected` is given); only
-    `tenant` when given, every tenant otherwise."""
+    """`collection` against the chunk topic's live chunks `expected` (`live_hashes`); only
+    `tenant` when given, every tenant otherwise. Blocks on Weaviate while it reads every
+    object: async callers run it on a thread."""
     scope = None if tenant is None else {tenant}
-    if expected is None:
-        expected = live_hashes(settings, scope)
-    elif scope is not None:
+    if scope is not None:
         expected = {t: keys for t, keys in expected.items() if t in scope}
     tenants = set(expected) | set(store.tenants(collection))
     if scope is not None:
@@ -113,7 +104,9 @@ def compare_collection(
     return compare({t: expected.get(t, {}) for t in tenants}, actual)
 
 
-def verify_collection(settings: Settings, collection: str | None) -> tuple[str, list[TenantReport]]:
+async def verify_collection(
+    settings: Settings, collection: str | None
+) -> tuple[str, list[TenantReport]]:
     with connect(settings.weaviate) as client:
         store = WeaviateStore(client)
         name = collection or store.alias_target(settings.weaviate.collection_prefix)
@@ -121,4 +114,5 @@ def verify_collection(settings: Settings, collection: str | None) -> tuple[str, 
             raise StreamprocError(
                 f"alias {settings.weaviate.collection_prefix} does not exist; pass --collection"
             )
-        return name, compare_collection(settings, store, name)
+        expected = await live_hashes(settings)
+        return name, await asyncio.to_thread(compare_collection, store, name, expected)

@@ -36,6 +36,7 @@ from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import load_model
 from streamproc.search import search_alias
 from streamproc.settings import CORPUS, Settings, child_env
+from streamproc.topics import topic_name
 from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
 from streamproc.worker.runner import child_environ, worker_argv
 
@@ -121,7 +122,10 @@ async def _produce(settings: Settings, items: Sequence[Item], topic: str) -> Non
         for key, value, *headers in items:
             await (
                 await prod.send(
-                    settings.topic(topic), value, key=key, headers=headers[0] if headers else None
+                    topic_name(settings, topic),
+                    value,
+                    key=key,
+                    headers=headers[0] if headers else None,
                 )
             )
 
@@ -148,7 +152,7 @@ def collect(
         schemas = load_schemas(settings.schemas_dir)
         consumer = consumer_client(
             settings,
-            settings.topic(topic),
+            topic_name(settings, topic),
             auto_offset_reset="earliest",
             enable_auto_commit=False,
         )
@@ -242,7 +246,7 @@ def drained(settings: Settings, timeout: float = 180.0) -> None:
         try:
             total = 0
             for role, topic in (("chunker", "chunk-requested"), ("embedder", "embed-requested")):
-                name = settings.topic(topic)
+                name = topic_name(settings, topic)
                 tps = [TopicPartition(name, p) for p in await partitions_of(consumer, name)]
                 committed = await admin.list_consumer_group_offsets(
                     f"{settings.worker.app_id}-{role}"
@@ -326,7 +330,7 @@ def records_to_end(settings: Settings, topic: str) -> list[Any]:
         schemas = load_schemas(settings.schemas_dir)
         return [
             (r, decode_value(schemas, r.value))
-            async for r in read_to_end(settings, settings.topic(topic))
+            async for r in read_to_end(settings, topic_name(settings, topic))
         ]
 
     return asyncio.run(run())

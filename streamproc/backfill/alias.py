@@ -7,11 +7,11 @@ can read the history with `streamproc tail alias-changes --from-beginning`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from streamproc.avro_codec import load_schemas
 from streamproc.backfill.commands import read_jobs, send_retire, wait_for, wait_for_retire_acks
-from streamproc.backfill.jobs import live_writer, now, writes_collection
+from streamproc.backfill.jobs import Job, live_writer, now, writes_collection
 from streamproc.backfill.verification import (
     QUALITY_CHECK,
     Verification,
@@ -21,10 +21,9 @@ from streamproc.errors import StreamprocError
 from streamproc.kafka_io import producer, read_to_end
 from streamproc.models import EmbeddingModel
 from streamproc.settings import Settings
-from streamproc.verify import TenantReport, compare_collection, live_hashes
+from streamproc.topics import topics_for
+from streamproc.verify import Hashes, TenantReport, compare_collection, live_hashes
 from streamproc.weaviate_store import WeaviateStore, connect
-
-CHANGES_TOPIC = "alias-changes"
 
 
 class VerificationFailed(StreamprocError):
@@ -40,34 +39,30 @@ class VerificationFailed(StreamprocError):
 
 
 async def _record(settings: Settings, change: dict[str, object]) -> None:
-    codec = load_schemas(settings.schemas_dir).codec("AliasChange")
+    topic = topics_for(settings).alias_changes
     async with producer(settings) as prod:
         key = str(change["alias"]).encode()
-        await (await prod.send(settings.topic(CHANGES_TOPIC), codec.encode(change), key=key))
+        await (await prod.send(topic.name, topic.encode(change), key=key))
 
 
-async def _history(settings: Settings) -> list[dict[str, object]]:
-    codec = load_schemas(settings.schemas_dir).codec("AliasChange")
+async def history(settings: Settings) -> list[dict[str, object]]:
+    topic = topics_for(settings).alias_changes
     alias = settings.weaviate.collection_prefix
     changes = [
-        codec.decode(r.value)
-        async for r in read_to_end(settings, settings.topic(CHANGES_TOPIC))
+        topic.decode(r.value)
+        async for r in read_to_end(settings, topic.name)
         if r.value is not None
     ]
     return [c for c in changes if c["alias"] == alias]
 
 
-def history(settings: Settings) -> list[dict[str, object]]:
-    return asyncio.run(_history(settings))
-
-
-def _flip(settings: Settings, target: str, action: str, report: str | None) -> str | None:
+async def _flip(
+    settings: Settings, store: WeaviateStore, target: str, action: str, report: str | None
+) -> str | None:
     alias = settings.weaviate.collection_prefix
-    with connect(settings.weaviate) as client:
-        store = WeaviateStore(client)
-        if not client.collections.exists(target):
-            raise StreamprocError(f"collection {target} does not exist")
-        previous = store.point_alias(alias, target)
+    if not store.exists(target):
+        raise StreamprocError(f"collection {target} does not exist")
+    previous = store.point_alias(alias, target)
     change = {
         "alias": alias,
         "previous": previous,
@@ -76,11 +71,11 @@ def _flip(settings: Settings, target: str, action: str, report: str | None) -> s
         "report": report,
         "changed_at": now(),
     }
-    asyncio.run(_record(settings, change))
+    await _record(settings, change)
     return previous
 
 
-def promote(
+async def verify_and_promote(
     settings: Settings,
     collection: str,
     model: EmbeddingModel | None = None,
@@ -91,18 +86,20 @@ def promote(
 
     `force` accepts a failed retrieval quality check, and nothing else: a collection that
     misses chunks or holds stale ones is never served. The flip's record says it was forced."""
-    report = verify_collection_for_flip(settings, collection, model)
-    if any(c.name != QUALITY_CHECK or not force for c in report.failures):
-        raise VerificationFailed(report)
-    summary = report.summary()
-    if not report.ok:
-        summary = f"FORCED past the {QUALITY_CHECK} check: {summary}"
-    return report, _flip(settings, collection, "PROMOTE", summary)
+    with connect(settings.weaviate) as client:
+        store = WeaviateStore(client)
+        report = await verify_collection_for_flip(settings, store, collection, model)
+        if any(c.name != QUALITY_CHECK or not force for c in report.failures):
+            raise VerificationFailed(report)
+        summary = report.summary()
+        if not report.ok:
+            summary = f"FORCED past the {QUALITY_CHECK} check: {summary}"
+        return report, await _flip(settings, store, collection, "PROMOTE", summary)
 
 
-def default_promotion_target(settings: Settings) -> str:
+async def default_promotion_target(settings: Settings) -> str:
     """The newest completed backfill's collection, when the alias does not serve it yet."""
-    jobs = sorted(asyncio.run(read_jobs(settings)).values(), key=lambda j: j["created_at"])
+    jobs = sorted((await read_jobs(settings)).values(), key=lambda j: j["created_at"])
     with connect(settings.weaviate) as client:
         serving = WeaviateStore(client).alias_target(settings.weaviate.collection_prefix)
     for job in reversed(jobs):
@@ -113,16 +110,19 @@ def default_promotion_target(settings: Settings) -> str:
     raise StreamprocError("no completed backfill to promote; pass --collection")
 
 
-def rollback(settings: Settings) -> tuple[str, str]:
+async def rollback(settings: Settings) -> tuple[str, str]:
     """Point the alias back where it was before the last flip; returns (from, to)."""
     alias = settings.weaviate.collection_prefix
     with connect(settings.weaviate) as client:
-        current = WeaviateStore(client).alias_target(alias)
-    last = next((c for c in reversed(history(settings)) if c["current"] == current), None)
-    if current is None or last is None or not last["previous"]:
-        raise StreamprocError(f"alias {alias} has no recorded previous collection to go back to")
-    previous = str(last["previous"])
-    _flip(settings, previous, "ROLLBACK", None)
+        store = WeaviateStore(client)
+        current = store.alias_target(alias)
+        last = next((c for c in reversed(await history(settings)) if c["current"] == current), None)
+        if current is None or last is None or not last["previous"]:
+            raise StreamprocError(
+                f"alias {alias} has no recorded previous collection to go back to"
+            )
+        previous = str(last["previous"])
+        await _flip(settings, store, previous, "ROLLBACK", None)
     return current, previous
 
 
@@ -146,48 +146,56 @@ def freshness(reports: list[TenantReport]) -> str:
     return "STALE (" + "; ".join(f"{r.tenant}: {r.detail()}" for r in stale) + ")"
 
 
-def list_collections(settings: Settings) -> list[CollectionInfo]:
+async def list_collections(settings: Settings) -> list[CollectionInfo]:
     """Every collection, and for each one that something must keep fresh (the configured
     ones, a completed job's), whether it is: a worker that cannot write it shows up here as
     STALE, whatever it logged."""
-    alias = settings.weaviate.collection_prefix
-    jobs = asyncio.run(read_jobs(settings))
-    configured = {settings.collection_for(s) for s in settings.target_models}
-    expected = live_hashes(settings)
-    infos = []
+    jobs = await read_jobs(settings)
+    expected = await live_hashes(settings)
     with connect(settings.weaviate) as client:
-        store = WeaviateStore(client)
-        serving = store.alias_target(alias)
-        for name in store.collections(alias):
-            try:
-                spec = settings.model_for_collection(name)
-                model = f"{spec.name} {spec.version} ({spec.dimension}d)"
-            except StreamprocError:
-                model = "unregistered"
-            writers = [j for j in jobs.values() if writes_collection(j, name)]
-            writer = live_writer(jobs.values(), name)
-            if name in configured:
-                live, scope = "configured", None
-            elif writers:
-                job = writer or writers[-1]
-                live = f"backfill job {job['job_id']} ({job['state']})"
-                scope = job["tenant"]
-                if scope:
-                    live += f" tenant {scope}"
-            else:
-                live, scope = "-", None
-            if live == "-":
-                fresh = "-"
-            elif name not in configured and (writer is None or writer["state"] != "COMPLETED"):
-                fresh = "replaying" if writer is not None else "pending"
-            else:
-                fresh = freshness(compare_collection(settings, store, name, scope, expected))
-            objects = sum(store.count(name, t) for t in store.tenants(name))
-            infos.append(CollectionInfo(name, model, objects, name == serving, live, fresh))
+        # Counting and comparing every collection's objects blocks for long: off the loop.
+        return await asyncio.to_thread(
+            _collection_infos, settings, WeaviateStore(client), jobs, expected
+        )
+
+
+def _collection_infos(
+    settings: Settings, store: WeaviateStore, jobs: Mapping[str, Job], expected: Hashes
+) -> list[CollectionInfo]:
+    alias = settings.weaviate.collection_prefix
+    configured = {settings.collection_for(s) for s in settings.target_models}
+    infos = []
+    serving = store.alias_target(alias)
+    for name in store.collections(alias):
+        try:
+            spec = settings.model_for_collection(name)
+            model = f"{spec.name} {spec.version} ({spec.dimension}d)"
+        except StreamprocError:
+            model = "unregistered"
+        writers = [j for j in jobs.values() if writes_collection(j, name)]
+        writer = live_writer(jobs.values(), name)
+        if name in configured:
+            live, scope = "configured", None
+        elif writers:
+            job = writer or writers[-1]
+            live = f"backfill job {job['job_id']} ({job['state']})"
+            scope = job["tenant"]
+            if scope:
+                live += f" tenant {scope}"
+        else:
+            live, scope = "-", None
+        if live == "-":
+            fresh = "-"
+        elif name not in configured and (writer is None or writer["state"] != "COMPLETED"):
+            fresh = "replaying" if writer is not None else "pending"
+        else:
+            fresh = freshness(compare_collection(store, name, expected, scope))
+        objects = sum(store.count(name, t) for t in store.tenants(name))
+        infos.append(CollectionInfo(name, model, objects, name == serving, live, fresh))
     return infos
 
 
-def retire(settings: Settings, name: str, timeout_s: float = 60.0) -> None:
+async def retire(settings: Settings, name: str, timeout_s: float = 60.0) -> None:
     """Delete a collection the alias does not serve, after live writes to it have stopped."""
     alias = settings.weaviate.collection_prefix
     with connect(settings.weaviate) as client:
@@ -199,18 +207,17 @@ def retire(settings: Settings, name: str, timeout_s: float = 60.0) -> None:
                 f"{name} is served by alias {alias}; promote or roll back to another "
                 "collection first"
             )
-    if name in {settings.collection_for(s) for s in settings.target_models}:
-        raise StreamprocError(
-            f"the embedders are configured to write {name} (active_model / "
-            "embedder.target_models); change that setting and restart them first"
-        )
-    jobs = [j for j in asyncio.run(read_jobs(settings)).values() if j["target_collection"] == name]
-    send_retire(settings, name)
-    for job in jobs:
-        # Once the job table says retired, no live batch resolves it as a target any more.
-        wait_for(settings, str(job["job_id"]), lambda j: bool(j["retired"]), timeout_s)
-    if jobs:
-        # Batches that resolved it before, and the job's replay, may still be writing it.
-        wait_for_retire_acks(settings, name, {str(j["job_id"]) for j in jobs}, timeout_s)
-    with connect(settings.weaviate) as client:
-        WeaviateStore(client).drop(name)
+        if name in {settings.collection_for(s) for s in settings.target_models}:
+            raise StreamprocError(
+                f"the embedders are configured to write {name} (active_model / "
+                "embedder.target_models); change that setting and restart them first"
+            )
+        jobs = [j for j in (await read_jobs(settings)).values() if j["target_collection"] == name]
+        await send_retire(settings, name)
+        for job in jobs:
+            # Once the job table says retired, no live batch resolves it as a target any more.
+            await wait_for(settings, str(job["job_id"]), lambda j: bool(j["retired"]), timeout_s)
+        if jobs:
+            # Batches that resolved it before, and the job's replay, may still be writing it.
+            await wait_for_retire_acks(settings, name, {str(j["job_id"]) for j in jobs}, timeout_s)
+        await asyncio.to_thread(store.drop, name)

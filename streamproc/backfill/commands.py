@@ -12,23 +12,19 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from streamproc.avro_codec import load_schemas
 from streamproc.backfill.jobs import TERMINAL, Job, conflicting_job, new_job, now
 from streamproc.backfill.view import JobsView
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import admin_client, producer, read_to_end
 from streamproc.settings import Settings
+from streamproc.topics import group_id, job_codec, jobs_changelog, topics_for
 from streamproc.weaviate_store import WeaviateStore, connect
-
-COMMANDS_TOPIC = "backfill-commands"
 
 
 async def _send(settings: Settings, key: str, command: dict[str, Any]) -> None:
-    codec = load_schemas(settings.schemas_dir).codec("BackfillCommand")
+    topic = topics_for(settings).backfill_commands
     async with producer(settings) as prod:
-        await (
-            await prod.send(settings.topic(COMMANDS_TOPIC), codec.encode(command), key=key.encode())
-        )
+        await (await prod.send(topic.name, topic.encode(command), key=key.encode()))
 
 
 async def _records(settings: Settings, topic: str) -> list[tuple[str, bytes | None]]:
@@ -43,21 +39,20 @@ async def _records(settings: Settings, topic: str) -> list[tuple[str, bytes | No
 
 async def read_jobs(settings: Settings) -> dict[str, Job]:
     """The job table as its changelog says, plus STARTs no worker has picked up yet (PENDING)."""
-    schemas = load_schemas(settings.schemas_dir)
-    job_codec, command_codec = schemas.codec("BackfillJob"), schemas.codec("BackfillCommand")
+    jobs_codec, commands = job_codec(settings), topics_for(settings).backfill_commands
     jobs: dict[str, Job] = {}
-    for _, value in await _records(settings, settings.jobs_changelog):
+    for _, value in await _records(settings, jobs_changelog(settings)):
         if value is not None:  # jobs are never deleted from the table
-            job = job_codec.decode(value)
+            job = jobs_codec.decode(value)
             jobs[job["job_id"]] = job
-    for _, value in await _records(settings, settings.topic(COMMANDS_TOPIC)):
-        command = command_codec.decode(value) if value is not None else None
+    for _, value in await _records(settings, commands.name):
+        command = commands.decode(value) if value is not None else None
         if command and command["op"] == "START" and command["job_id"] not in jobs:
             jobs[command["job_id"]] = new_job(command, command["requested_at"])
     return jobs
 
 
-def start_job(
+async def start_job(
     settings: Settings,
     model_name: str,
     tenant: str | None = None,
@@ -67,14 +62,12 @@ def start_job(
     """Queue a replay of the chunk topic into `model_name`'s collection; returns the job id."""
     spec = settings.model(model_name)
     collection = settings.collection_for(spec)
-    with connect(settings.weaviate) as client:
-        serving = WeaviateStore(client).alias_target(settings.weaviate.collection_prefix)
-    if serving == collection:
+    if await asyncio.to_thread(_serving, settings) == collection:
         raise StreamprocError(
             f"{collection} is the collection the alias serves; a backfill never writes the "
             "serving collection. Register the model under a new version for a new collection."
         )
-    busy = conflicting_job(asyncio.run(read_jobs(settings)).values(), collection)
+    busy = conflicting_job((await read_jobs(settings)).values(), collection)
     if busy is not None:
         raise StreamprocError(
             f"job {busy['job_id']} is already {busy['state']} into {collection}; "
@@ -91,41 +84,39 @@ def start_job(
         "auto_promote": auto_promote,
         "requested_at": now(),
     }
-    asyncio.run(_send(settings, job_id, command))
+    await _send(settings, job_id, command)
     return job_id
 
 
-def cancel_job(settings: Settings, job_id: str) -> Job:
-    job = asyncio.run(read_jobs(settings)).get(job_id)
+def _serving(settings: Settings) -> str | None:
+    with connect(settings.weaviate) as client:
+        return WeaviateStore(client).alias_target(settings.weaviate.collection_prefix)
+
+
+async def cancel_job(settings: Settings, job_id: str) -> Job:
+    job = (await read_jobs(settings)).get(job_id)
     if job is None:
         raise StreamprocError(f"no backfill job {job_id!r}; `streamproc backfill list` shows them")
     if job["state"] in TERMINAL:
         raise StreamprocError(f"job {job_id} is already {job['state']}; nothing to cancel")
-    asyncio.run(_send(settings, job_id, {"op": "CANCEL", "job_id": job_id, "requested_at": now()}))
+    await _send(settings, job_id, {"op": "CANCEL", "job_id": job_id, "requested_at": now()})
     return job
 
 
-def send_retire(settings: Settings, collection: str) -> None:
-    asyncio.run(
-        _send(
-            settings,
-            collection,
-            {
-                "op": "RETIRE",
-                "job_id": "",
-                "target_collection": collection,
-                "requested_at": now(),
-            },
-        )
+async def send_retire(settings: Settings, collection: str) -> None:
+    await _send(
+        settings,
+        collection,
+        {"op": "RETIRE", "job_id": "", "target_collection": collection, "requested_at": now()},
     )
 
 
 async def retire_acks(settings: Settings, collection: str) -> dict[str, set[str]]:
     """Member id -> the retired jobs of `collection` it acknowledged (all its acks together)."""
-    codec = load_schemas(settings.schemas_dir).codec("BackfillCommand")
+    commands = topics_for(settings).backfill_commands
     acks: dict[str, set[str]] = {}
-    for _, value in await _records(settings, settings.topic(COMMANDS_TOPIC)):
-        command = codec.decode(value) if value is not None else None
+    for _, value in await _records(settings, commands.name):
+        command = commands.decode(value) if value is not None else None
         if command and command["acked_by"] and command["target_collection"] == collection:
             acks.setdefault(command["acked_by"], set()).update(command["acked_jobs"])
     return acks
@@ -133,7 +124,7 @@ async def retire_acks(settings: Settings, collection: str) -> dict[str, set[str]
 
 async def embedder_members(settings: Settings) -> tuple[str, set[str]]:
     """The embedder group's state and the member ids in it."""
-    group = f"{settings.worker.app_id}-embedder"
+    group = group_id(settings, "embedder")
     admin = admin_client(settings)
     await admin.start()
     try:
@@ -141,8 +132,8 @@ async def embedder_members(settings: Settings) -> tuple[str, set[str]]:
     finally:
         await admin.close()
     for response in responses:
-        for error_code, group_id, state, _type, _protocol, members, *_ in response.groups:
-            if group_id != group:
+        for error_code, listed, state, _type, _protocol, members, *_ in response.groups:
+            if listed != group:
                 continue
             if error_code:
                 return f"error {error_code}", set()
@@ -150,18 +141,12 @@ async def embedder_members(settings: Settings) -> tuple[str, set[str]]:
     return "Dead", set()
 
 
-def wait_for_retire_acks(
+async def wait_for_retire_acks(
     settings: Settings, collection: str, job_ids: set[str], timeout_s: float
 ) -> None:
     """Until every member of the embedder group has acknowledged that it no longer writes
     `collection` for any of `job_ids`: then nothing can write it any more. A member that
     joins later reads the job table before its first write and never writes it."""
-    asyncio.run(_wait_for_retire_acks(settings, collection, job_ids, timeout_s))
-
-
-async def _wait_for_retire_acks(
-    settings: Settings, collection: str, job_ids: set[str], timeout_s: float
-) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         # Mid-rebalance the member list is not final: a member leaving may still be writing.
@@ -181,7 +166,7 @@ async def _wait_for_retire_acks(
         await asyncio.sleep(0.5)
 
 
-def wait_for(
+async def wait_for(
     settings: Settings,
     job_id: str,
     until: Callable[[Job], bool],
@@ -189,16 +174,6 @@ def wait_for(
     on_change: Callable[[Job], None] | None = None,
 ) -> Job:
     """Follow the job table until `until(job)` holds; `on_change` sees every new state."""
-    return asyncio.run(_wait_for(settings, job_id, until, timeout_s, on_change))
-
-
-async def _wait_for(
-    settings: Settings,
-    job_id: str,
-    until: Callable[[Job], bool],
-    timeout_s: float,
-    on_change: Callable[[Job], None] | None,
-) -> Job:
     # One follower reading only what is new, not the whole changelog again every poll.
     view = JobsView(settings)
     deadline = time.monotonic() + timeout_s
@@ -225,7 +200,7 @@ async def _wait_for(
         await view.stop()
 
 
-def follow_job(settings: Settings, job_id: str, timeout_s: float = 3600) -> Job:
+async def follow_job(settings: Settings, job_id: str, timeout_s: float = 3600) -> Job:
     """A progress bar (offsets replayed of the total, throttling shown) until the job ends."""
     from tqdm import tqdm
 
@@ -237,4 +212,4 @@ def follow_job(settings: Settings, job_id: str, timeout_s: float = 3600) -> Job:
             bar.set_postfix_str(str(job["throttled"] or job["state"]))
             bar.refresh()
 
-        return wait_for(settings, job_id, lambda j: j["state"] in TERMINAL, timeout_s, show)
+        return await wait_for(settings, job_id, lambda j: j["state"] in TERMINAL, timeout_s, show)

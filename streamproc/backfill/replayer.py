@@ -346,11 +346,11 @@ class Replayer:
         return job
 
     async def _auto_promote(self, job: Job, target: Target) -> None:
-        from streamproc.backfill.alias import VerificationFailed, promote
+        from streamproc.backfill.alias import VerificationFailed, verify_and_promote
 
         try:
-            report, previous = await asyncio.to_thread(
-                promote, self.settings, target.collection, target.model
+            report, previous = await verify_and_promote(
+                self.settings, target.collection, target.model
             )
             verdict = f"promoted (alias was {previous}): {report.summary()}"
         except VerificationFailed as exc:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from streamproc.avro_codec import load_schemas
 from streamproc.backfill.commands import read_jobs
 from streamproc.backfill.jobs import Job, live_writer
 from streamproc.backfill.quality import Scores, derive_queries, sample_queries
@@ -23,9 +22,10 @@ from streamproc.errors import StreamprocError
 from streamproc.kafka_io import live_chunks
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import object_uuid
-from streamproc.settings import Settings
+from streamproc.settings import ModelSpec, Settings
+from streamproc.topics import topics_for
 from streamproc.verify import EXAMPLES, TenantReport, compare_collection
-from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
+from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore
 
 log = logging.getLogger(__name__)
 
@@ -151,50 +151,64 @@ def sample_keys(collection: str, keys: Iterable[str], size: int) -> list[str]:
     return random.Random(collection).sample(ordered, min(size, len(ordered)))
 
 
-def verify_collection_for_flip(
-    settings: Settings, collection: str, model: EmbeddingModel | None = None
+async def verify_collection_for_flip(
+    settings: Settings,
+    store: WeaviateStore,
+    collection: str,
+    model: EmbeddingModel | None = None,
 ) -> Verification:
     """The checks, scoped to the tenant of the job that writes `collection` when that job is
     tenant-scoped (its collection holds that tenant only)."""
     spec = settings.model_for_collection(collection)
     configured = collection in {settings.collection_for(s) for s in settings.target_models}
-    writer = live_writer(asyncio.run(read_jobs(settings)).values(), collection)
+    writer = live_writer((await read_jobs(settings)).values(), collection)
     tenant = writer["tenant"] if writer is not None and not configured else None
-    codec = load_schemas(settings.schemas_dir).codec("ChunkRecord")
+    codec = topics_for(settings).chunks
     live = {
-        key: value
-        for key, value in asyncio.run(live_chunks(settings)).items()
-        if in_scope(key, tenant)
+        key: value for key, value in (await live_chunks(settings)).items() if in_scope(key, tenant)
     }
     records = {key: codec.decode(value) for key, value in live.items()}
+    # Reading every object, loading models and searching block for seconds: off the loop.
+    checks = await asyncio.to_thread(
+        _store_checks, settings, store, spec, collection, tenant, records, model
+    )
+    return Verification(collection, [live_writes_check(collection, configured, writer), *checks])
+
+
+def _store_checks(
+    settings: Settings,
+    store: WeaviateStore,
+    spec: ModelSpec,
+    collection: str,
+    tenant: str | None,
+    records: dict[str, dict[str, Any]],
+    model: EmbeddingModel | None,
+) -> list[Check]:
     expected: dict[str, dict[str, str]] = {}
     for key, record in records.items():
         expected.setdefault(record["tenant"], {})[key] = record["text_sha256"]
     sample = [
         records[k] for k in sample_keys(collection, records, settings.backfill.verify_sample_size)
     ]
-    with connect(settings.weaviate) as client:
-        store = WeaviateStore(client)
-        checks = [live_writes_check(collection, configured, writer)]
-        checks += key_checks(compare_collection(settings, store, collection, tenant, expected))
-        checks.append(content_check(sample, _held(store, collection, sample)))
-        dimension = store.vector_dimension(collection)
-        checks.append(
-            Check(
-                "dimension",
-                dimension == spec.dimension,
-                f"vectors have {dimension}, model {spec.name} {spec.version} gives {spec.dimension}",
-            )
+    checks = key_checks(compare_collection(store, collection, expected, tenant))
+    checks.append(content_check(sample, _held(store, collection, sample)))
+    dimension = store.vector_dimension(collection)
+    checks.append(
+        Check(
+            "dimension",
+            dimension == spec.dimension,
+            f"vectors have {dimension}, model {spec.name} {spec.version} gives {spec.dimension}",
         )
-        model = model or load_model(spec, settings.embedder.device)
-        vectors = model.encode([r["text"] for r in sample]) if sample else []
-        hits = sum(
-            _finds_itself(store, collection, record, vector.tolist())
-            for record, vector in zip(sample, vectors, strict=True)
-        )
-        checks.append(self_retrieval_check(hits, len(sample), settings.backfill.min_self_retrieval))
-        checks.append(_quality(settings, store, collection, model, records.values()))
-    return Verification(collection, checks)
+    )
+    model = model or load_model(spec, settings.embedder.device)
+    vectors = model.encode([r["text"] for r in sample]) if sample else []
+    hits = sum(
+        _finds_itself(store, collection, record, vector.tolist())
+        for record, vector in zip(sample, vectors, strict=True)
+    )
+    checks.append(self_retrieval_check(hits, len(sample), settings.backfill.min_self_retrieval))
+    checks.append(_quality(settings, store, collection, model, records.values()))
+    return checks
 
 
 def _quality(

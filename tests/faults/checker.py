@@ -217,12 +217,14 @@ def read_dead_letters(settings: Settings) -> list[tuple[str, str, str]]:
 
 
 def read_embed_done(settings: Settings) -> list[dict[str, Any]]:
-    return [v for _, v in asyncio.run(_topic(settings, settings.topic("embed-done")))]
+    return [v for _, v in asyncio.run(_topic(settings, topic_name(settings, "embed-done")))]
 
 
 def record_times(settings: Settings, topic: str) -> list[int]:
     """Kafka timestamps (ms) of every record of `topic`, sorted."""
-    return sorted(r.timestamp for r, _ in asyncio.run(_topic(settings, settings.topic(topic))))
+    return sorted(
+        r.timestamp for r, _ in asyncio.run(_topic(settings, topic_name(settings, topic)))
+    )
 
 
 def check(

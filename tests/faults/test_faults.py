@@ -7,6 +7,7 @@ Run: `flock /tmp/sp-services.lock .venv/bin/pytest tests/faults -m faults -p no:
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Callable
@@ -90,10 +91,10 @@ def test_sigkill_embedder_during_backfill_replay(
     with fault_case("sigkill-embedder-replay", backfill_model=second) as run:
         for _ in range(4):
             run.produce_wave()
-        job_id = start_job(run.settings, second.name)
+        job_id = asyncio.run(start_job(run.settings, second.name))
         done = 0
         for _ in range(3):
-            job = wait_for(run.settings, job_id, _ended_or_past(done), 300)
+            job = asyncio.run(wait_for(run.settings, job_id, _ended_or_past(done), 300))
             if job["state"] in ENDED:
                 break
             done = job["items_done"]
@@ -103,7 +104,7 @@ def test_sigkill_embedder_during_backfill_replay(
             run.workers.restart("embedder")
             fault.recovered(run)
         run.produce_rest()
-        job = wait_for(run.settings, job_id, lambda j: j["state"] in ENDED, 600)
+        job = asyncio.run(wait_for(run.settings, job_id, lambda j: j["state"] in ENDED, 600))
         assert job["state"] == "COMPLETED", job["error"]
 
 

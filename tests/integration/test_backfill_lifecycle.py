@@ -19,6 +19,7 @@ from streamproc.backfill.commands import cancel_job, start_job, wait_for
 from streamproc.derive import projected_model
 from streamproc.kafka_io import read_to_end
 from streamproc.settings import REPO_ROOT, Settings
+from streamproc.topics import jobs_changelog
 from streamproc.verify import verify_collection
 from streamproc.weaviate_store import WeaviateStore, connect
 from tests.conftest import with_topics
@@ -58,7 +59,7 @@ def job_history(settings: Settings, job_id: str) -> list[dict[str, Any]]:
     async def read() -> list[dict[str, Any]]:
         return [
             job
-            async for r in read_to_end(settings, settings.jobs_changelog)
+            async for r in read_to_end(settings, jobs_changelog(settings))
             if r.value is not None and (job := codec.decode(r.value))["job_id"] == job_id
         ]
 
@@ -104,12 +105,14 @@ def test_a_sigkilled_worker_resumes_the_job_where_it_was(
 ) -> None:
     settings, workers = lifecycle
     target = settings.collection_for(settings.model("minilm-pca128"))
-    job_id = start_job(settings, "minilm-pca128")
-    half = wait_for(
-        settings,
-        job_id,
-        lambda j: j["items_total"] > 0 and j["items_done"] >= j["items_total"] // 4,
-        300,
+    job_id = asyncio.run(start_job(settings, "minilm-pca128"))
+    half = asyncio.run(
+        wait_for(
+            settings,
+            job_id,
+            lambda j: j["items_total"] > 0 and j["items_done"] >= j["items_total"] // 4,
+            300,
+        )
     )
     assert half["state"] == "RUNNING"
     workers.kill("embedder")
@@ -118,7 +121,9 @@ def test_a_sigkilled_worker_resumes_the_job_where_it_was(
     assert 0 < at_kill["items_done"] < at_kill["items_total"], at_kill
 
     workers.start("embedder", NO_EXPORT)
-    done = wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    done = asyncio.run(
+        wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    )
     assert done["state"] == "COMPLETED", done["error"]
     resumed = job_history(settings, job_id)[len(saved) :]
     assert resumed, "the restarted worker recorded no progress"
@@ -130,7 +135,7 @@ def test_a_sigkilled_worker_resumes_the_job_where_it_was(
     )
 
     drained(settings)
-    _, reports = verify_collection(settings, target)
+    _, reports = asyncio.run(verify_collection(settings, target))
     assert [r.tenant for r in reports] == sorted(TENANTS)
     assert all(r.ok for r in reports), reports  # none missing, none unexpected
 
@@ -155,10 +160,12 @@ def test_cancel_stops_the_job_and_leaves_the_alias(lifecycle: tuple[Settings, Wo
     alias = settings.weaviate.collection_prefix
     with connect(settings.weaviate) as client:
         serving = WeaviateStore(client).alias_target(alias)
-    job_id = start_job(settings, "minilm-pca128b")
-    wait_for(settings, job_id, lambda j: j["state"] == "RUNNING" and j["items_done"] > 0, 300)
-    cancel_job(settings, job_id)
-    cancelled = wait_for(settings, job_id, lambda j: j["state"] == "CANCELLED", 60)
+    job_id = asyncio.run(start_job(settings, "minilm-pca128b"))
+    asyncio.run(
+        wait_for(settings, job_id, lambda j: j["state"] == "RUNNING" and j["items_done"] > 0, 300)
+    )
+    asyncio.run(cancel_job(settings, job_id))
+    cancelled = asyncio.run(wait_for(settings, job_id, lambda j: j["state"] == "CANCELLED", 60))
     wait_for_log(workers, "embedder", '"backfill stopped", "job_id": "' + job_id)
 
     history = job_history(settings, job_id)
@@ -169,4 +176,4 @@ def test_cancel_stops_the_job_and_leaves_the_alias(lifecycle: tuple[Settings, Wo
         store = WeaviateStore(client)
         assert store.alias_target(alias) == serving
     with pytest.raises(Exception, match="already CANCELLED"):
-        cancel_job(settings, job_id)
+        asyncio.run(cancel_job(settings, job_id))

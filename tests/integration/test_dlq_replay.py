@@ -8,6 +8,7 @@ from collections import Counter
 from streamproc.dlq import replay
 from streamproc.kafka_io import end_offsets, producer
 from streamproc.settings import Settings
+from streamproc.topics import topic_name
 from tests.pipeline_support import collect
 
 SOURCE = "chunk-requested"
@@ -18,7 +19,7 @@ async def _dead_letter(settings: Settings, values: list[bytes]) -> None:
     async with producer(settings) as prod:
         for value in values:
             await prod.send_and_wait(
-                settings.topic(f"{SOURCE}.dlq"),
+                topic_name(settings, f"{SOURCE}.dlq"),
                 value,
                 key=value,
                 partition=0,
@@ -31,7 +32,7 @@ def test_dead_letters_arriving_during_a_replay_are_replayed_by_the_next(topics: 
     later = [f"later-{i}".encode() for i in range(5)]
     asyncio.run(_dead_letter(topics, first))
     # The replay has taken its end offsets; then more dead letters arrive.
-    ends = asyncio.run(end_offsets(topics, topics.topic(f"{SOURCE}.dlq")))
+    ends = asyncio.run(end_offsets(topics, topic_name(topics, f"{SOURCE}.dlq")))
     asyncio.run(_dead_letter(topics, later))
 
     assert asyncio.run(replay(topics, SOURCE, until=ends)) == len(first)

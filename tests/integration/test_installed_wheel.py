@@ -17,6 +17,7 @@ import pytest
 from uv import find_uv_bin
 
 from streamproc.settings import CHILD_SETTINGS_ENV, REPO_ROOT, Settings, child_env
+from streamproc.topics import topic_name
 from tests.pipeline_support import collect, event, produce_events
 
 pytestmark = pytest.mark.integration
@@ -130,7 +131,7 @@ def test_the_installed_wheel_applies_the_topology_and_runs_a_worker(
 
     applied = _run([str(bin_dir / "streamproc"), "topology", "apply"], cwd, env).stdout
     for topic in ("chunk-requested", "embed-requested", "alias-changes"):
-        assert f"{settings.topic(topic)}: create" in applied, applied
+        assert f"{topic_name(settings, topic)}: create" in applied, applied
 
     log = (tmp_path / "chunker.log").open("wb")
     worker = subprocess.Popen(

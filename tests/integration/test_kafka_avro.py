@@ -8,11 +8,12 @@ import json
 from streamproc.avro_codec import load_schemas
 from streamproc.kafka_io import consumer_client, producer
 from streamproc.settings import Settings
+from streamproc.topics import topic_name
 
 
 async def _round_trip(settings: Settings) -> list[dict[str, object]]:
     codec = load_schemas(settings.schemas_dir).codec("ChunkRequested")
-    topic = settings.topic("chunk-requested")
+    topic = topic_name(settings, "chunk-requested")
     event = {"event_id": "e-1", "tenant": "acme", "doc_id": "guide", "content": "# Guide\n\nText."}
     async with producer(settings) as prod:
         await prod.send_and_wait(

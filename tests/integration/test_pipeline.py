@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections import Counter
@@ -15,6 +16,7 @@ from streamproc.chunking.changes import compare, fingerprint
 from streamproc.derive import projected_model
 from streamproc.search import search_alias
 from streamproc.settings import Settings
+from streamproc.topics import topic_name
 from streamproc.verify import verify_collection
 from streamproc.weaviate_store import WeaviateStore, connect
 from tests.conftest import with_topics
@@ -119,7 +121,7 @@ def test_documents_become_exactly_their_chunks_in_every_collection(pipeline: Set
     for collection in _collections(pipeline):
         for name, chunks in expected.items():
             assert _doc_count(pipeline, collection, "e2e", name) == len(chunks)
-        checked, reports = verify_collection(pipeline, collection)
+        checked, reports = asyncio.run(verify_collection(pipeline, collection))
         assert checked == collection
         assert [r for r in reports if r.tenant == "e2e" and not r.ok] == []
 
@@ -259,7 +261,7 @@ def test_bad_inputs_go_to_the_dlq_and_the_partition_moves_on(
             "too_many_chunks",
         ]
     )
-    assert all(h["streamproc.dlq.topic"] == pipeline.topic("chunk-requested") for h, _ in dlq)
+    assert all(h["streamproc.dlq.topic"] == topic_name(pipeline, "chunk-requested") for h, _ in dlq)
     assert all("streamproc.dlq.error" in h for h, _ in dlq)
     followers = {f"{case}-after" for case in bad}
     values = collect(

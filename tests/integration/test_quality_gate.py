@@ -6,12 +6,13 @@ entry, pass."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 
 import pytest
 
-from streamproc.backfill.alias import VerificationFailed, promote, rollback
+from streamproc.backfill.alias import VerificationFailed, rollback, verify_and_promote
 from streamproc.backfill.commands import start_job, wait_for
 from streamproc.backfill.verification import QUALITY_CHECK, Check, verify_collection_for_flip
 from streamproc.derive import projected_model
@@ -63,8 +64,10 @@ def gate(
         produce_events(settings, [e for t in TENANTS for e in corpus_events(t)])
         drained(settings)
         for model in (WORSE, "minilm-pca128", "minilm-same"):
-            job_id = start_job(settings, model)
-            job = wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+            job_id = asyncio.run(start_job(settings, model))
+            job = asyncio.run(
+                wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+            )
             assert job["state"] == "COMPLETED", job["error"]
         drained(settings)
         yield settings
@@ -103,7 +106,8 @@ def test_a_worse_model_is_refused_with_both_figures_unless_forced(gate: Settings
     worse = collection(settings, WORSE)
     assert serving(settings) == old
 
-    report = verify_collection_for_flip(settings, worse)
+    with connect(settings.weaviate) as client:
+        report = asyncio.run(verify_collection_for_flip(settings, WeaviateStore(client), worse))
     check = quality(report.checks)
     candidate, served, name, queries = figures(check)
     assert name == old
@@ -117,7 +121,7 @@ def test_a_worse_model_is_refused_with_both_figures_unless_forced(gate: Settings
     assert report.failures == [check], report.lines()
 
     with pytest.raises(VerificationFailed) as refused:
-        promote(settings, worse)
+        asyncio.run(verify_and_promote(settings, worse))
     # The same seed draws the same queries: the same figures, the same verdict.
     assert refused.value.report == report
     assert refused.value.forcible
@@ -134,7 +138,7 @@ def test_a_worse_model_is_refused_with_both_figures_unless_forced(gate: Settings
     assert f"FAIL {QUALITY_CHECK}: {check.detail}" in forced.stdout
     assert "forced past the retrieval quality check" in forced.stdout
     assert serving(settings) == worse
-    assert rollback(settings) == (worse, old)
+    assert asyncio.run(rollback(settings)) == (worse, old)
 
 
 def test_the_worse_model_passes_where_the_setting_allows_its_drop(gate: Settings) -> None:
@@ -144,12 +148,12 @@ def test_the_worse_model_passes_where_the_setting_allows_its_drop(gate: Settings
     relaxed = settings.model_copy(
         update={"backfill": settings.backfill.model_copy(update={"max_recall_drop": 0.5})}
     )
-    report, previous = promote(relaxed, worse)
+    report, previous = asyncio.run(verify_and_promote(relaxed, worse))
     assert report.ok and previous == old
     check = quality(report.checks)
     candidate, served, _, _ = figures(check)
     assert candidate < served and "within backfill.max_recall_drop 0.5" in check.detail
-    assert rollback(settings) == (worse, old)
+    assert asyncio.run(rollback(settings)) == (worse, old)
 
 
 @pytest.mark.parametrize("model", ["minilm-same", "minilm-pca128"])
@@ -157,7 +161,7 @@ def test_a_model_as_good_passes_the_gate(gate: Settings, model: str) -> None:
     settings = gate
     old = collection(settings, settings.active_model)
     candidate_collection = collection(settings, model)
-    report, previous = promote(settings, candidate_collection)
+    report, previous = asyncio.run(verify_and_promote(settings, candidate_collection))
     assert report.ok, report.lines()
     assert previous == old
     candidate, served, name, _ = figures(quality(report.checks))
@@ -166,4 +170,4 @@ def test_a_model_as_good_passes_the_gate(gate: Settings, model: str) -> None:
     if model == "minilm-same":
         # Same vectors, same queries: only the approximate index may order a tie differently.
         assert abs(candidate - served) <= 0.01
-    assert rollback(settings) == (candidate_collection, old)
+    assert asyncio.run(rollback(settings)) == (candidate_collection, old)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from streamproc.avro_codec import load_schemas
-from streamproc.backfill.alias import VerificationFailed, promote, rollback
+from streamproc.backfill.alias import VerificationFailed, rollback, verify_and_promote
 from streamproc.backfill.commands import start_job, wait_for
 from streamproc.derive import projected_model
 from streamproc.kafka_io import live_chunks
@@ -85,8 +85,8 @@ def test_rotation_under_live_traffic_then_flip_and_rollback(rotation: Settings) 
     before = snapshot(settings, old)
     assert before
 
-    job_id = start_job(settings, "minilm-pca128")
-    wait_for(settings, job_id, lambda j: j["state"] == "RUNNING", 120)
+    job_id = asyncio.run(start_job(settings, "minilm-pca128"))
+    asyncio.run(wait_for(settings, job_id, lambda j: j["state"] == "RUNNING", 120))
     # Live traffic during the replay: a new document, a changed one, a deleted one, per tenant.
     touched = {"gpl-3.0", "go_mem", "added"}
     live = []
@@ -95,12 +95,14 @@ def test_rotation_under_live_traffic_then_flip_and_rollback(rotation: Settings) 
         live.append(event(tenant, "go_mem", "# Rewritten\n\nThe model was replaced."))
         live.append(event(tenant, "gpl-3.0", None, op="DELETE"))
     produce_events(settings, live)
-    job = wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    job = asyncio.run(
+        wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    )
     assert job["state"] == "COMPLETED", job["error"]
     drained(settings)
 
     # Object by object, the new collection holds exactly the chunk topic's live set.
-    _, reports = verify_collection(settings, new)
+    _, reports = asyncio.run(verify_collection(settings, new))
     assert [r.tenant for r in reports] == sorted(TENANTS)
     assert all(r.ok for r in reports), reports
     after = snapshot(settings, new)
@@ -123,7 +125,7 @@ def test_rotation_under_live_traffic_then_flip_and_rollback(rotation: Settings) 
         assert served_now[uuid][1] == before[uuid][1]
 
     # Verified flip: searches through the alias now use the new model.
-    report, previous = promote(settings, new)
+    report, previous = asyncio.run(verify_and_promote(settings, new))
     assert previous == old
     assert report.ok and any(c.name == "self-retrieval" for c in report.checks)
     result = search_alias(settings, QUERY, "acme", 3)
@@ -133,7 +135,7 @@ def test_rotation_under_live_traffic_then_flip_and_rollback(rotation: Settings) 
     assert_tenants_isolated(settings, TENANTS, QUERY)
 
     # Rollback: the previous collection and the previous model again.
-    assert rollback(settings) == (new, old)
+    assert asyncio.run(rollback(settings)) == (new, old)
     result = search_alias(settings, QUERY, "acme", 3)
     assert result.collection == old and result.model.startswith("all-minilm-l6-v2")
     assert result.hits and result.hits[0].doc_id == "apache-license-2.0"
@@ -150,7 +152,7 @@ def test_a_failing_verification_refuses_the_flip(rotation: Settings) -> None:
         doomed = sorted(store.uuids(new, "globex"))[:3]
         store.delete(new, "globex", doomed)
     with pytest.raises(VerificationFailed, match=r"keys\[globex\]: STALE: .* 3 missing") as refused:
-        promote(settings, new)
+        asyncio.run(verify_and_promote(settings, new))
     # The sample of live chunks may or may not include one of the three.
     assert {c.name for c in refused.value.report.failures} - {"content"} == {"keys[globex]"}
     with connect(settings.weaviate) as client:

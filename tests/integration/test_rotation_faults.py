@@ -16,9 +16,9 @@ from streamproc.avro_codec import load_schemas
 from streamproc.backfill.alias import (
     VerificationFailed,
     list_collections,
-    promote,
     retire,
     rollback,
+    verify_and_promote,
 )
 from streamproc.backfill.commands import retire_acks, start_job, wait_for
 from streamproc.backfill.verification import sample_keys
@@ -26,7 +26,7 @@ from streamproc.derive import projected_model
 from streamproc.kafka_io import live_chunks
 from streamproc.naming import object_uuid
 from streamproc.settings import Settings
-from streamproc.verify import compare_collection, verify_collection
+from streamproc.verify import compare_collection, live_hashes, verify_collection
 from streamproc.weaviate_store import ChunkObject, WeaviateStore, connect
 from tests.conftest import with_topics
 from tests.pipeline_support import (
@@ -103,8 +103,8 @@ def test_live_deletes_during_a_replay_stay_deleted_and_stale_objects_refuse_the_
 ) -> None:
     settings, _ = faults
     new = collection(settings, "minilm-pca128")
-    job_id = start_job(settings, "minilm-pca128")
-    wait_for(settings, job_id, lambda j: j["items_total"] > 0, 120)
+    job_id = asyncio.run(start_job(settings, "minilm-pca128"))
+    asyncio.run(wait_for(settings, job_id, lambda j: j["items_total"] > 0, 120))
     # Deleted (and one rewritten) while the replay still has their old records ahead of it:
     # the replay writes them back, only a catch-up pass over the tombstones removes them.
     live = []
@@ -115,12 +115,14 @@ def test_live_deletes_during_a_replay_stay_deleted_and_stale_objects_refuse_the_
         ]
         live.append(event(tenant, "go_mem", "# Rewritten\n\nDuring the replay."))
     produce_events(settings, live)
-    job = wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    job = asyncio.run(
+        wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    )
     assert job["state"] == "COMPLETED", job["error"]
     drained(settings)
     assert exact(settings, new) == EXACT
 
-    report, _ = promote(settings, new)
+    report, _ = asyncio.run(verify_and_promote(settings, new))
     assert [c.name for c in report.checks] == [
         "live writes",
         "keys[acme]",
@@ -130,7 +132,7 @@ def test_live_deletes_during_a_replay_stay_deleted_and_stale_objects_refuse_the_
         "self-retrieval",
         "retrieval quality",
     ]
-    rollback(settings)
+    asyncio.run(rollback(settings))
 
     # Same object count as the chunk topic's live keys, yet wrong: a sampled chunk held in an
     # older version, and one chunk moved under a key with no live chunk.
@@ -149,7 +151,7 @@ def test_live_deletes_during_a_replay_stay_deleted_and_stale_objects_refuse_the_
     rewrite(settings, new, moved, new_key="globex/ghost/p1/0")
 
     with pytest.raises(VerificationFailed) as refused:
-        promote(settings, new)
+        asyncio.run(verify_and_promote(settings, new))
     failures = {c.name: c.detail for c in refused.value.report.failures}
     assert set(failures) == {"keys[acme]", "keys[globex]", "content"}, failures
     assert f"stale e.g. {old}" in failures["keys[acme]"]
@@ -161,12 +163,12 @@ def test_live_deletes_during_a_replay_stay_deleted_and_stale_objects_refuse_the_
     assert alias == collection(settings, settings.active_model)
 
     # `verify` and `collections list` say the same, by key and hash.
-    _, reports = verify_collection(settings, new)
+    _, reports = asyncio.run(verify_collection(settings, new))
     assert {r.tenant: (r.missing, r.unexpected, r.stale) for r in reports} == {
         "acme": ([], [], [old]),
         "globex": ([moved], ["globex/ghost/p1/0"], []),
     }
-    infos = {i.name: i for i in list_collections(settings)}
+    infos = {i.name: i for i in asyncio.run(list_collections(settings))}
     assert infos[new].freshness.startswith("STALE (") and old in infos[new].freshness
     assert infos[collection(settings, settings.active_model)].freshness == "fresh"
 
@@ -174,11 +176,13 @@ def test_live_deletes_during_a_replay_stay_deleted_and_stale_objects_refuse_the_
 def test_a_tenant_scoped_backfill_passes_the_flip(faults: tuple[Settings, Workers]) -> None:
     settings, _ = faults
     new = collection(settings, "minilm-pca128b")
-    job_id = start_job(settings, "minilm-pca128b", tenant="acme")
-    wait_for(settings, job_id, lambda j: j["state"] == "RUNNING", 120)
+    job_id = asyncio.run(start_job(settings, "minilm-pca128b", tenant="acme"))
+    asyncio.run(wait_for(settings, job_id, lambda j: j["state"] == "RUNNING", 120))
     # Live traffic of both tenants while the job runs and after it completed.
     produce_events(settings, [event(t, "scoped-1", "# One\n\nDuring the replay.") for t in TENANTS])
-    job = wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    job = asyncio.run(
+        wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    )
     assert job["state"] == "COMPLETED", job["error"]
     produce_events(settings, [event(t, "scoped-2", "# Two\n\nAfter the replay.") for t in TENANTS])
     drained(settings)
@@ -186,14 +190,14 @@ def test_a_tenant_scoped_backfill_passes_the_flip(faults: tuple[Settings, Worker
     with connect(settings.weaviate) as client:
         store = WeaviateStore(client)
         assert store.tenants(new) == ["acme"]
-        (report,) = compare_collection(settings, store, new, "acme")
+        (report,) = compare_collection(store, new, asyncio.run(live_hashes(settings)), "acme")
     assert report.ok and report.expected > 0, report.detail()
-    infos = {i.name: i for i in list_collections(settings)}
+    infos = {i.name: i for i in asyncio.run(list_collections(settings))}
     assert infos[new].freshness == "fresh", infos[new]
 
-    verified, _ = promote(settings, new)
+    verified, _ = asyncio.run(verify_and_promote(settings, new))
     assert [c.name for c in verified.checks if c.name.startswith("keys")] == ["keys[acme]"]
-    rollback(settings)
+    asyncio.run(rollback(settings))
 
 
 def test_retire_waits_until_no_embedder_writes_the_collection(
@@ -215,7 +219,7 @@ def test_retire_waits_until_no_embedder_writes_the_collection(
         timeout=300,
     )
     started = time.monotonic()
-    retire(settings, doomed, timeout_s=300)
+    asyncio.run(retire(settings, doomed, timeout_s=300))
     took = time.monotonic() - started
 
     drained(settings, 300)
@@ -226,7 +230,7 @@ def test_retire_waits_until_no_embedder_writes_the_collection(
     assert all(p.poll() is None for p in workers.procs.values()), "a worker died"
     assert "backfill target missing" not in workers.log("embedder")
     assert took < 300
-    assert doomed not in {i.name for i in list_collections(settings)}
+    assert doomed not in {i.name for i in asyncio.run(list_collections(settings))}
 
 
 def test_retire_stops_a_running_replay_and_frees_its_slot(
@@ -234,17 +238,21 @@ def test_retire_stops_a_running_replay_and_frees_its_slot(
 ) -> None:
     settings, _ = faults
     target = collection(settings, "minilm-pca128c")
-    job_id = start_job(settings, "minilm-pca128c")
-    wait_for(settings, job_id, lambda j: j["state"] == "RUNNING" and j["items_done"] > 0, 300)
-    retire(settings, target, timeout_s=120)
-    stopped = wait_for(settings, job_id, lambda j: j["retired"], 10)
+    job_id = asyncio.run(start_job(settings, "minilm-pca128c"))
+    asyncio.run(
+        wait_for(settings, job_id, lambda j: j["state"] == "RUNNING" and j["items_done"] > 0, 300)
+    )
+    asyncio.run(retire(settings, target, timeout_s=120))
+    stopped = asyncio.run(wait_for(settings, job_id, lambda j: j["retired"], 10))
     assert stopped["state"] == "CANCELLED"
     with connect(settings.weaviate) as client:
         assert not client.collections.exists(target)
 
     # The slot is free: the next job runs and completes.
-    again = start_job(settings, "minilm-pca128c")
-    job = wait_for(settings, again, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    again = asyncio.run(start_job(settings, "minilm-pca128c"))
+    job = asyncio.run(
+        wait_for(settings, again, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    )
     assert job["state"] == "COMPLETED", job["error"]
     drained(settings)
     assert exact(settings, target) == EXACT

@@ -5,6 +5,7 @@ mode without torch or weaviate-client; and collections made before this change."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from weaviate.classes.config import Configure, VectorDistances
 
-from streamproc.backfill.alias import promote, rollback
+from streamproc.backfill.alias import rollback, verify_and_promote
 from streamproc.backfill.commands import start_job, wait_for
 from streamproc.errors import StreamprocError
 from streamproc.models import model_revision, resolve_source
@@ -115,12 +116,14 @@ def test_near_text_on_the_alias_follows_promote_and_rollback(searchable: Setting
     assert revision(settings, active).startswith("sha256:")
 
     # A rotation into the second model's collection, then the verified flip.
-    job_id = start_job(settings, SECOND)
-    job = wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    job_id = asyncio.run(start_job(settings, SECOND))
+    job = asyncio.run(
+        wait_for(settings, job_id, lambda j: j["state"] in ("COMPLETED", "FAILED"), 600)
+    )
     assert job["state"] == "COMPLETED", job["error"]
     with connect(settings.weaviate) as client:
         assert WeaviateStore(client).query_endpoint(new) == (settings.inference.url_for(SECOND))
-    report, previous = promote(settings, new)
+    report, previous = asyncio.run(verify_and_promote(settings, new))
     assert report.ok and previous == old
 
     # The same query, no client change: embedded by the new model's endpoint, not the old.
@@ -134,7 +137,7 @@ def test_near_text_on_the_alias_follows_promote_and_rollback(searchable: Setting
     assert {h["model_revision"] for h in hits} == {revision(settings, SECOND)}
 
     # Rollback: the old collection, and the old model's endpoint again.
-    assert rollback(settings) == (new, old)
+    assert asyncio.run(rollback(settings)) == (new, old)
     before = served_counts(settings)
     hits = near_text(settings, QUERY)
     after = served_counts(settings)

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from streamproc.otlp_receiver import OtlpReceiver, ReceivedSpan
 from streamproc.produce import expand, produce_documents
 from streamproc.settings import REPO_ROOT, Settings
+from streamproc.topics import topic_name
 from tests.pipeline_support import (
     collect,
     event,
@@ -215,7 +216,7 @@ def test_one_connected_trace_per_document_metrics_and_no_text_anywhere(
 
     error_spans = [s for s in spans if s.status_code == STATUS_ERROR]
     assert [s.attributes["messaging.destination.name"] for s in error_spans] == [
-        settings.topic("chunk-requested")
+        topic_name(settings, "chunk-requested")
     ]
     assert error_spans[0].events[0][1]["exception.type"].endswith("PermanentError")
     assert records_with_headers(dead)[0][0]["streamproc.dlq.reason"] == "sha256_mismatch"
@@ -239,7 +240,9 @@ def _assert_document_trace(
     (process,) = [s for s in in_trace if s.kind == CONSUMER]
     assert process.parent_id == format(root.context.span_id, "016x")
     assert process.attributes["messaging.system"] == "kafka"
-    assert process.attributes["messaging.destination.name"] == settings.topic("chunk-requested")
+    assert process.attributes["messaging.destination.name"] == topic_name(
+        settings, "chunk-requested"
+    )
     assert process.attributes["messaging.operation.type"] == "process"
     assert (
         process.attributes["messaging.consumer.group.name"] == f"{settings.worker.app_id}-chunker"
@@ -248,7 +251,7 @@ def _assert_document_trace(
     assert "messaging.kafka.offset" in process.attributes
     assert process.attributes["streamproc.chunks.changed"] == chunks
 
-    sends = [s for s in in_trace if s.name == f"send {settings.topic('embed-requested')}"]
+    sends = [s for s in in_trace if s.name == f"send {topic_name(settings, 'embed-requested')}"]
     assert len(sends) == chunks
     assert all(s.parent_id == process.span_id and s.kind == PRODUCER for s in sends)
 
@@ -258,13 +261,15 @@ def _assert_document_trace(
     linked = {link for b in batches for link in b.links} & send_ids
     assert linked == send_ids
     for batch in batches:
-        assert batch.attributes["messaging.destination.name"] == settings.topic("embed-requested")
+        assert batch.attributes["messaging.destination.name"] == topic_name(
+            settings, "embed-requested"
+        )
         assert batch.attributes["messaging.batch.message_count"] >= 1
         children = {s.name for s in spans if s.parent_id == batch.span_id}
         assert {"encode", "weaviate batch upsert"} <= children
 
     # And the embed-done publish of each chunk, back in the document's trace.
-    done = [s for s in in_trace if s.name == f"send {settings.topic('embed-done')}"]
+    done = [s for s in in_trace if s.name == f"send {topic_name(settings, 'embed-done')}"]
     assert len(done) == chunks
     assert {s.parent_id for s in done} == {s.span_id for s in sends}
     batch_ids = {(b.trace_id, b.span_id) for b in batches}

@@ -7,6 +7,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streamproc.kafka_io import admin_client
 from streamproc.settings import Settings
+from streamproc.topics import topic_name
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import describe, reconcile
 
@@ -21,7 +22,7 @@ def test_apply_creates_then_is_a_no_op_and_reports_drift(settings: Settings) -> 
     second = asyncio.run(reconcile(settings, specs, apply=True))
     assert second.changes == [] and not second.applied
 
-    chunks = settings.topic("chunks")
+    chunks = topic_name(settings, "chunks")
 
     async def tamper_and_read() -> None:
         admin = admin_client(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -72,7 +73,7 @@ def test_redelivery_and_a_killed_worker_leave_no_duplicates(
         assert len(_embedded(values, "redo")) >= 2 * expected
     with connect(slow_commit.weaviate) as client:
         assert WeaviateStore(client).count(collection, "redo") == expected
-    _, reports = verify_collection(slow_commit, collection)
+    _, reports = asyncio.run(verify_collection(slow_commit, collection))
     assert [r for r in reports if not r.ok] == []
 
 

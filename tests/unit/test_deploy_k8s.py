@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from streamproc.settings import REPO_ROOT, Settings
+from streamproc.topics import topic_name
 from streamproc.topology.model import load_topology, render_strimzi
 from streamproc.worker.app import ROLES
 from tests.deploy_support import cli_command, render, setting_path, settings_from
@@ -251,7 +252,7 @@ def test_autoscaling_follows_each_roles_lag_up_to_its_partitions(name: str) -> N
         assert trigger["type"] == "kafka"
         meta = trigger["metadata"]
         assert meta["consumerGroup"] == f"{settings.worker.app_id}-{role}"
-        assert meta["topic"] == settings.topic(consumed[role])
+        assert meta["topic"] == topic_name(settings, consumed[role])
         assert meta["bootstrapServers"].startswith(f"{host}.") and meta[
             "bootstrapServers"
         ].endswith(f":{port}")

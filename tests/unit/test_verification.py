@@ -20,7 +20,6 @@ from streamproc.backfill.verification import (
     self_retrieval_check,
 )
 from streamproc.naming import object_uuid
-from streamproc.settings import Settings
 from streamproc.verify import EXAMPLES, TenantReport, compare, compare_collection, held_hashes
 from streamproc.weaviate_store import Found, WeaviateStore
 
@@ -120,7 +119,7 @@ def test_a_collection_is_compared_over_the_tenants_of_both_sides_or_only_the_one
         }
     )
     expected = {"acme": {"acme/a/p/0": "h0", "acme/a/p/1": "h1"}, "globex": {"globex/g/p/0": "g"}}
-    reports = compare_collection(Settings(), _as_store(store), "C", tenant, expected)
+    reports = compare_collection(_as_store(store), "C", expected, tenant)
     whole = {
         "acme": TenantReport("acme", 2, 2, stale=["acme/a/p/1"]),
         "globex": TenantReport("globex", 1, 0, missing=["globex/g/p/0"]),
