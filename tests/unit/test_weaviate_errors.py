@@ -22,14 +22,15 @@ from weaviate.exceptions import (
     WeaviateTimeoutError,
 )
 
-import streamproc.weaviate_store as store
+import streamproc.weaviate_errors as weaviate_errors
+import streamproc.weaviate_store  # noqa: F401  (importing the store installs the retry below)
 from streamproc.errors import (
     CollectionMissingError,
     ConfigurationError,
     PermanentError,
     TransientError,
 )
-from streamproc.weaviate_store import Verdict, error_verdict, mapped_error, message_verdict
+from streamproc.weaviate_errors import Verdict, error_verdict, mapped_error, message_verdict
 
 
 def _status(code: int, body: object = None) -> UnexpectedStatusCodeError:
@@ -187,7 +188,7 @@ class _Unavailable(grpc.RpcError):
 def test_a_call_weaviate_answers_unavailable_raises_at_once_for_our_retry() -> None:
     """The client's own retry would sleep up to 32 s inside the call (weaviate-client looks
     `_Retry` up at each call, so importing the store replaces it everywhere)."""
-    assert connection._Retry is store._RaiseAtOnce
+    assert connection._Retry is weaviate_errors._RaiseAtOnce
 
     def call() -> None:
         raise _Unavailable()

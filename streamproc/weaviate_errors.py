@@ -1,0 +1,187 @@
+"""What a Weaviate client error means here: the one mapping from weaviate-client's, gRPC's and
+httpx's errors to streamproc's (transient, permanent, configuration, collection missing),
+applied at the store's edge; and the client's in-call retry replaced by ours."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import Any
+
+import grpc
+import httpx
+import weaviate.connect.v4 as weaviate_connection
+from weaviate.exceptions import (
+    AuthenticationFailedError,
+    InsufficientPermissionsError,
+    UnexpectedStatusCodeError,
+    WeaviateConnectionError,
+    WeaviateGRPCUnavailableError,
+    WeaviateRetryError,
+    WeaviateStartUpError,
+    WeaviateTimeoutError,
+)
+
+from streamproc.errors import (
+    CollectionMissingError,
+    ConfigurationError,
+    PermanentError,
+    StreamprocError,
+    TransientError,
+)
+
+
+class Verdict(Enum):
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    CONFIGURATION = "configuration"
+    COLLECTION_MISSING = "collection missing"
+
+
+# What a Weaviate client error means here: the one mapping, by exception type, gRPC status,
+# HTTP status, then message. gRPC UNKNOWN (Weaviate's answer to most failures) and DATA_LOSS
+# are left to the message.
+_BY_TYPE: tuple[tuple[type[BaseException], Verdict], ...] = (
+    (InsufficientPermissionsError, Verdict.CONFIGURATION),
+    (AuthenticationFailedError, Verdict.CONFIGURATION),
+    (WeaviateConnectionError, Verdict.TRANSIENT),
+    (WeaviateTimeoutError, Verdict.TRANSIENT),
+    (WeaviateRetryError, Verdict.TRANSIENT),
+    (WeaviateStartUpError, Verdict.TRANSIENT),
+    (WeaviateGRPCUnavailableError, Verdict.TRANSIENT),
+    # What the client lets through from httpx untranslated: a reset, a write or pool timeout.
+    (httpx.TransportError, Verdict.TRANSIENT),
+)
+_BY_GRPC_STATUS = {
+    "UNAVAILABLE": Verdict.TRANSIENT,
+    "DEADLINE_EXCEEDED": Verdict.TRANSIENT,
+    "RESOURCE_EXHAUSTED": Verdict.TRANSIENT,
+    "ABORTED": Verdict.TRANSIENT,
+    "INTERNAL": Verdict.TRANSIENT,
+    "CANCELLED": Verdict.TRANSIENT,
+    "INVALID_ARGUMENT": Verdict.PERMANENT,
+    "NOT_FOUND": Verdict.PERMANENT,
+    "ALREADY_EXISTS": Verdict.PERMANENT,
+    "FAILED_PRECONDITION": Verdict.PERMANENT,
+    "OUT_OF_RANGE": Verdict.PERMANENT,
+    "UNIMPLEMENTED": Verdict.PERMANENT,
+    "UNAUTHENTICATED": Verdict.CONFIGURATION,
+    "PERMISSION_DENIED": Verdict.CONFIGURATION,
+}
+# Weaviate 1.38 says so as "class 'X' not present in schema" (insert), "could not find class X
+# in schema" (delete, query) and "class not found" (tenants).
+_COLLECTION_MISSING = re.compile(r"not present in schema|could not find class|class not found")
+# A restarted node serves gRPC a few seconds before it knows its own cluster membership (until
+# its Raft election): reads say "no read replica found", writes fail each object with "resolve
+# node name ... to host"; replication says the rest of the last line when peers are away.
+_TRANSIENT_MESSAGE = re.compile(
+    r"read-only|read only|readonly|deadline exceeded|timeout|timed out|connection|unavailable"
+    r"|too many requests|not ready|leader|shutting down|context canceled|resource exhausted"
+    r"|no read replica found|resolve node name"
+    r"|cannot reach enough replicas|cannot achieve consistency level"
+)
+# Weaviate ends a validation message with the value it refused ("..., the given value is
+# '...'"): document data must not decide the verdict.
+_REFUSED_VALUE = re.compile(r"the given value.*", re.DOTALL)
+_REFUSED_VALUE_ANY_CASE = re.compile(r"the given value.*", re.DOTALL | re.IGNORECASE)
+
+
+def message_verdict(message: str) -> Verdict | None:
+    """The verdict a Weaviate message implies, if it implies one."""
+    plain = _REFUSED_VALUE.sub("", message.lower())
+    if _COLLECTION_MISSING.search(plain):
+        return Verdict.COLLECTION_MISSING
+    if _TRANSIENT_MESSAGE.search(plain):
+        return Verdict.TRANSIENT
+    return None
+
+
+def error_verdict(exc: BaseException) -> Verdict | None:
+    """The verdict on a Weaviate client error; None when nothing says (the process ends)."""
+    if message_verdict(str(exc)) is Verdict.COLLECTION_MISSING:
+        return Verdict.COLLECTION_MISSING
+    for kind, verdict in _BY_TYPE:
+        if isinstance(exc, kind):
+            return verdict
+    status = _grpc_status(exc)
+    if status in _BY_GRPC_STATUS:
+        return _BY_GRPC_STATUS[status]
+    if status is None and isinstance(exc, UnexpectedStatusCodeError):
+        return _http_verdict(exc.status_code)
+    return message_verdict(str(exc))
+
+
+def _http_verdict(status: int) -> Verdict | None:
+    if status in (401, 403):
+        return Verdict.CONFIGURATION
+    if status in (408, 429) or (status >= 500 and status != 501):
+        return Verdict.TRANSIENT
+    if 400 <= status < 500 or status == 501:
+        return Verdict.PERMANENT
+    return None
+
+
+def _grpc_status(exc: BaseException) -> str | None:
+    """The status name of the gRPC call behind `exc`: the client wraps it, as cause or context."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        code = getattr(seen, "code", None)
+        if type(seen).__module__.startswith("grpc") and callable(code):
+            return str(getattr(code(), "name", "")) or None
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def mapped_error(exc: BaseException, collection: str) -> StreamprocError | None:
+    verdict = error_verdict(exc)
+    detail = f"{type(exc).__name__}: {exc}"
+    if verdict is Verdict.COLLECTION_MISSING:
+        return CollectionMissingError(collection)
+    if verdict is Verdict.TRANSIENT:
+        return TransientError(detail)
+    if verdict is Verdict.PERMANENT:
+        return PermanentError(detail, reason="weaviate")
+    if verdict is Verdict.CONFIGURATION:
+        return ConfigurationError(f"Weaviate refused access to {collection}: {detail}")
+    return None
+
+
+class _RaiseAtOnce:
+    """Stands in for the client's retry of a gRPC call that Weaviate answers UNAVAILABLE. The
+    client's own sleeps 1, 2, 4, ... 32 s inside the call, so a worker would notice Weaviate's
+    return up to half a minute late. Retrying in place is ours (`delivery.backoff`, capped at
+    5 s): the call raises at once, with the error the client raises after its last try."""
+
+    def __init__(self, _tries: float = 0) -> None:
+        pass
+
+    def with_exponential_backoff(
+        self, count: int, error: str, f: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                raise
+            raise WeaviateRetryError(str(exc), count) from exc
+
+    async def awith_exponential_backoff(
+        self, count: int, error: str, f: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> Any:
+        try:
+            return await f(*args, **kwargs)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            raise WeaviateRetryError(str(exc), count) from exc
+
+
+# weaviate-client looks `_Retry` up in this module at each call.
+weaviate_connection._Retry = _RaiseAtOnce  # type: ignore[attr-defined,assignment]
+
+
+def redacted(message: str) -> str:
+    """The message without the value Weaviate quotes back: these messages travel on to logs,
+    spans and dead-letter headers, which never carry document data."""
+    return _REFUSED_VALUE_ANY_CASE.sub("the given value is <redacted>", message)
