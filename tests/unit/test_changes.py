@@ -13,6 +13,7 @@ from streamproc.chunking.tokenizers import splitter_for
 from streamproc.errors import StaleEventError
 from streamproc.pipeline.chunker import Chunker
 from streamproc.settings import Settings
+from tests.stand_ins import ingest_event
 
 SETTINGS = Settings()
 CHUNKER = Chunker(SETTINGS.chunking, splitter_for(SETTINGS))
@@ -98,29 +99,12 @@ def test_the_state_before_versions_were_kept_reads_as_chunks_without_a_version()
 V1 = "# Guide\n\nIntro text.\n\n## Install\n\nRun the installer.\n\n## Remove\n\nDelete the folder."
 
 
-def _event(content: str | None, op: str = "UPSERT", **fields: Any) -> dict[str, Any]:
-    return {
-        "event_id": "e",
-        "tenant": "t",
-        "doc_id": "d",
-        "op": op,
-        "content": content,
-        "content_uri": None,
-        "content_type": "text/markdown",
-        "content_sha256": None,
-        "metadata": {},
-        "ingested_at": None,
-        "force": False,
-        **fields,
-    }
-
-
 def _requests(out: Any) -> dict[str, tuple[str, bool]]:
     return {r["chunk_key"]: (r["op"], r["if_changed"]) for r in out.embed_requests}
 
 
 def test_a_new_version_embeds_what_changed_marks_what_did_not_and_deletes_what_went() -> None:
-    first = CHUNKER.process(_event(V1), None, T0)
+    first = CHUNKER.process(ingest_event(V1), None, T0)
     assert list(first.state.chunks) == ["t/d/p1/0", "t/d/p1/1", "t/d/p1/2"]
     texts = {r["chunk_key"]: r["chunk"]["text"] for r in first.embed_requests}
     assert texts == {
@@ -130,7 +114,7 @@ def test_a_new_version_embeds_what_changed_marks_what_did_not_and_deletes_what_w
     }
     # The install section is edited and the remove section goes.
     v2 = "# Guide\n\nIntro text.\n\n## Install\n\nRun the new installer."
-    second = CHUNKER.process(_event(v2), first.state, T0 + timedelta(seconds=1))
+    second = CHUNKER.process(ingest_event(v2), first.state, T0 + timedelta(seconds=1))
     assert _requests(second) == {
         "t/d/p1/1": ("UPSERT", False),
         "t/d/p1/0": ("UPSERT", True),
@@ -153,9 +137,9 @@ def test_a_new_version_embeds_what_changed_marks_what_did_not_and_deletes_what_w
 
 
 def test_a_renamed_heading_re_embeds_its_chunks_with_the_same_text() -> None:
-    first = CHUNKER.process(_event(V1), None, T0)
+    first = CHUNKER.process(ingest_event(V1), None, T0)
     renamed = V1.replace("## Install", "## Setup")
-    second = CHUNKER.process(_event(renamed), first.state, T0 + timedelta(seconds=1))
+    second = CHUNKER.process(ingest_event(renamed), first.state, T0 + timedelta(seconds=1))
     assert [k for k, _ in second.chunk_records] == ["t/d/p1/1"]
     assert _requests(second)["t/d/p1/1"] == ("UPSERT", False)
     assert {k for k, (_, marked) in _requests(second).items() if marked} == {
@@ -165,27 +149,31 @@ def test_a_renamed_heading_re_embeds_its_chunks_with_the_same_text() -> None:
 
 
 def test_a_version_with_the_same_time_applies_and_an_older_one_is_stale() -> None:
-    first = CHUNKER.process(_event(V1), None, T0)
+    first = CHUNKER.process(ingest_event(V1), None, T0)
     # Kafka time decides when the event names none; the same instant is not older.
-    again = CHUNKER.process(_event(V1), first.state, T0)
+    again = CHUNKER.process(ingest_event(V1), first.state, T0)
     assert again.state == first.state
-    explicit = CHUNKER.process(_event(V1, ingested_at=T0 + timedelta(hours=1)), first.state, T0)
+    explicit = CHUNKER.process(
+        ingest_event(V1, ingested_at=T0 + timedelta(hours=1)), first.state, T0
+    )
     assert explicit.state.ingested_at == T0 + timedelta(hours=1)
     with pytest.raises(StaleEventError):
-        CHUNKER.process(_event(V1), explicit.state, T0 + timedelta(minutes=30))
+        CHUNKER.process(ingest_event(V1), explicit.state, T0 + timedelta(minutes=30))
 
 
 def test_a_delete_tombstones_every_chunk_of_the_last_version_only() -> None:
-    first = CHUNKER.process(_event(V1), None, T0)
-    shorter = CHUNKER.process(_event("# Guide\n\nIntro text."), first.state, T0 + timedelta(1))
+    first = CHUNKER.process(ingest_event(V1), None, T0)
+    shorter = CHUNKER.process(
+        ingest_event("# Guide\n\nIntro text."), first.state, T0 + timedelta(1)
+    )
     assert {k for k, (op, _) in _requests(shorter).items() if op == "DELETE"} == {
         "t/d/p1/1",
         "t/d/p1/2",
     }
-    deleted = CHUNKER.process(_event(None, "DELETE"), shorter.state, T0 + timedelta(2))
+    deleted = CHUNKER.process(ingest_event(None, "DELETE"), shorter.state, T0 + timedelta(2))
     assert deleted.chunk_records == [("t/d/p1/0", None)]
     assert _requests(deleted) == {"t/d/p1/0": ("DELETE", False)}
     # After the delete, the same text comes back as a first version: everything changed.
-    back = CHUNKER.process(_event(V1), deleted.state, T0 + timedelta(3))
+    back = CHUNKER.process(ingest_event(V1), deleted.state, T0 + timedelta(3))
     assert not any(marked for _, marked in _requests(back).values())
     assert back.state.chunks == first.state.chunks

@@ -12,6 +12,7 @@ from streamproc.chunking.tokenizers import splitter_for
 from streamproc.errors import StaleEventError
 from streamproc.pipeline.chunker import Chunker
 from streamproc.settings import Settings
+from tests.stand_ins import ingest_event
 
 SETTINGS = Settings()
 CHUNKER = Chunker(SETTINGS.chunking, splitter_for(SETTINGS))
@@ -20,20 +21,7 @@ TEXT = "# Title\n\nFirst section.\n\n## Two\n\nSecond section."
 
 
 def _event(op: str = "UPSERT", content: str | None = TEXT, **fields: Any) -> dict[str, Any]:
-    return {
-        "event_id": "e",
-        "tenant": "t",
-        "doc_id": "d",
-        "op": op,
-        "content": content,
-        "content_uri": None,
-        "content_type": "text/markdown",
-        "content_sha256": None,
-        "metadata": {},
-        "ingested_at": None,
-        "force": False,
-        **fields,
-    }
+    return ingest_event(content, op, **fields)
 
 
 def test_unchanged_chunks_are_requested_marked_if_changed() -> None:

@@ -13,6 +13,7 @@ from uuid import UUID
 
 import numpy as np
 
+from streamproc.backfill.replay import as_request
 from streamproc.models import EmbeddingModel
 from streamproc.naming import object_uuid
 from streamproc.pipeline.embedder import BatchResult, Embedder, Target
@@ -143,16 +144,7 @@ def upsert(
 
 
 def delete(key: str, *, at: datetime = T0) -> dict[str, Any]:
-    tenant, doc_id, *_ = key.split("/")
-    return {
-        "op": "DELETE",
-        "chunk_key": key,
-        "tenant": tenant,
-        "doc_id": doc_id,
-        "chunk": None,
-        "ingested_at": at,
-        "if_changed": False,
-    }
+    return as_request(key, None, at)
 
 
 class Rig:

@@ -7,16 +7,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-import weaviate
-from weaviate.connect import ConnectionParams
 
 from streamproc.models import load_model
 from streamproc.pipeline import embedder as embedder_module
 from streamproc.pipeline.embedder import Embedder, Target
 from streamproc.pipeline.heading_cache import HeadingCache
 from streamproc.settings import Settings
-from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.embedder import background_pacing
+from tests.stand_ins import unconnected_store
 
 
 def _vector(value: float) -> np.ndarray:
@@ -57,21 +55,9 @@ def test_an_eviction_during_a_lanes_encode_never_raises(monkeypatch: pytest.Monk
     monkeypatch.setattr(embedder_module, "HEADING_CACHE_SIZE", 2)
     settings = Settings()
     model = load_model(settings.model(settings.active_model), "cpu")
-    # Never connected: encoding headings does not touch Weaviate.
-    client = weaviate.WeaviateClient(
-        connection_params=ConnectionParams.from_params(
-            http_host="127.0.0.1",
-            http_port=1,
-            http_secure=False,
-            grpc_host="127.0.0.1",
-            grpc_port=2,
-            grpc_secure=False,
-        ),
-        skip_init_checks=True,
-    )
     target = Target(model, "Chunk_test")
     embedder = Embedder(
-        [target], WeaviateStore(client), settings.embedder, background_pacing(settings)
+        [target], unconnected_store(), settings.embedder, background_pacing(settings)
     )
 
     async def race() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

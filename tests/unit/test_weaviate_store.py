@@ -8,9 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import weaviate
 from weaviate.classes.config import DataType
-from weaviate.connect import ConnectionParams
 
 from streamproc.naming import CONTENT_VECTOR, object_uuid
 from streamproc.weaviate_store import (
@@ -20,26 +18,11 @@ from streamproc.weaviate_store import (
     WeaviateStore,
     object_properties,
 )
+from tests.stand_ins import unconnected_store
 
 # Not a Weaviate tenant name (its rules allow letters, digits, '-' and '_').
 BAD_TENANT = "acme/eu"
 KEY = "acme/eu/doc/p1/0"
-
-
-def _unconnected() -> WeaviateStore:
-    """A store whose client never connected: any call that reaches Weaviate fails."""
-    client = weaviate.WeaviateClient(
-        connection_params=ConnectionParams.from_params(
-            http_host="127.0.0.1",
-            http_port=1,
-            http_secure=False,
-            grpc_host="127.0.0.1",
-            grpc_port=2,
-            grpc_secure=False,
-        ),
-        skip_init_checks=True,
-    )
-    return WeaviateStore(client)
 
 
 PER_TENANT: dict[str, Callable[[WeaviateStore], Any]] = {
@@ -65,7 +48,7 @@ def test_every_per_tenant_call_maps_the_tenant_name_first(
     """Old code: `count` and `uuids` looked the tenant up unmapped, so a name Weaviate cannot
     hold read as an empty tenant there while `delete` and `held` refused it."""
     with pytest.raises(ValueError, match="Weaviate tenant name rules"):
-        call(_unconnected())
+        call(unconnected_store())
 
 
 _PYTHON_TYPES: dict[DataType, type | tuple[type, ...]] = {
