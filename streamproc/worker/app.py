@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -16,11 +17,11 @@ from faust.web import Request, Response, View
 from streamproc import telemetry
 from streamproc.delivery import Outbox, crash, retry_transient
 from streamproc.errors import SkippedRecordsError
-from streamproc.health import Health
+from streamproc.health import Health, InFlight
 from streamproc.kafka_io import faust_credentials, records_between
 from streamproc.pipeline.offsets import HandedOffsets
 from streamproc.settings import Settings
-from streamproc.topics import group_id, topics_for
+from streamproc.topics import Topics, group_id, topics_for
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +182,27 @@ async def _send(
 
 def outbox_for(app: faust.App) -> Outbox:
     return Outbox(lambda *args: _send(app, *args))
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What an agent of a role is handed besides its own objects: the app, the topics, its
+    consumer group, the health's record of work in flight, and the check of handed offsets."""
+
+    app: faust.App
+    topics: Topics
+    group: str
+    inflight: InFlight
+    check_handed: Callable[[Iterable[EventT]], Awaitable[None]]
+
+
+def agent_context(app: faust.App, settings: Settings, role: str, source: str) -> AgentContext:
+    """The context of the role's agent consuming `source`, with the role's health watch."""
+    group = group_id(settings, role)
+    return AgentContext(
+        app,
+        topics_for(settings),
+        group,
+        watch(app, settings, source, group).inflight,
+        handed_check(settings, group),
+    )

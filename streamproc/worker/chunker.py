@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
@@ -21,12 +20,11 @@ from streamproc.chunking.tokenizers import HFTokenCounter, splitter_for
 from streamproc.delivery import Outbox, crash, retry_transient
 from streamproc.dlq import MAX_HEADER_BYTES, dead_letter, headers_size, unexpected
 from streamproc.errors import PermanentError, SchemaError, StaleEventError
-from streamproc.health import InFlight
 from streamproc.naming import document_key
 from streamproc.pipeline.chunker import Chunker, ChunkerOutput
 from streamproc.settings import Settings
-from streamproc.topics import Topics, group_id, topics_for
-from streamproc.worker.app import faust_app, handed_check, outbox_for, watch
+from streamproc.topics import topics_for
+from streamproc.worker.app import AgentContext, agent_context, faust_app, outbox_for
 
 log = logging.getLogger(__name__)
 tracer = telemetry.tracer
@@ -44,15 +42,10 @@ def create_chunker_app(settings: Settings, counters: list[HFTokenCounter]) -> fa
         value_type=str,
         partitions=topics.chunk_requested.partitions,
     )
-    group = group_id(settings, "chunker")
     agent = ChunkAgent(
-        app,
-        topics,
+        agent_context(app, settings, "chunker", source.get_topic_name()),
         Chunker(settings.chunking, splitter_for(settings, counters), settings.sources),
         documents,
-        group,
-        watch(app, settings, source.get_topic_name(), group).inflight,
-        handed_check(settings, group),
     )
     app.agent(source, name="chunk")(agent.run)
     return app
@@ -62,23 +55,11 @@ class ChunkAgent:
     """One ingest-complete event at a time: its chunk records and embed requests sent and
     confirmed, then the document's state, then the ack. A bad event is dead-lettered."""
 
-    def __init__(
-        self,
-        app: faust.App,
-        topics: Topics,
-        chunker: Chunker,
-        documents: Any,
-        group: str,
-        inflight: InFlight,
-        check_handed: Callable[[Iterable[EventT]], Awaitable[None]],
-    ) -> None:
-        self.app = app
-        self.topics = topics
+    def __init__(self, context: AgentContext, chunker: Chunker, documents: Any) -> None:
+        self.context = context
+        self.topics = context.topics
         self.chunker = chunker
         self.documents = documents
-        self.group = group
-        self.inflight = inflight
-        self.check_handed = check_handed
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="chunk")
 
     async def run(self, stream: faust.Stream) -> None:
@@ -89,12 +70,12 @@ class ChunkAgent:
                 context=telemetry.extract(message.headers),
                 kind=SpanKind.CONSUMER,
                 attributes=telemetry.consume_attributes(
-                    message.topic, message.partition, message.offset, self.group
+                    message.topic, message.partition, message.offset, self.context.group
                 ),
             ) as span:
-                token = self.inflight.enter()
+                token = self.context.inflight.enter()
                 try:
-                    await self.check_handed((event,))
+                    await self.context.check_handed((event,))
                     await self._handle(event, span)
                 except asyncio.CancelledError:
                     raise
@@ -102,10 +83,10 @@ class ChunkAgent:
                     # Faust would ack this event when it restarts the agent.
                     crash("chunker", exc)
                 finally:
-                    self.inflight.leave(token)
+                    self.context.inflight.leave(token)
 
     async def _handle(self, event: EventT, span: trace.Span) -> None:
-        outbox = outbox_for(self.app)
+        outbox = outbox_for(self.context.app)
         if (size := headers_size(event.message.headers)) > MAX_HEADER_BYTES:
             too_large = PermanentError(
                 f"headers hold {size} bytes, over the {MAX_HEADER_BYTES}-byte limit",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -26,16 +26,15 @@ from streamproc.delivery import Outbox, crash, guarded, retry_transient
 from streamproc.dlq import dead_letter, unexpected
 from streamproc.errors import ConfigurationError, PermanentError, SchemaError
 from streamproc.failpoints import fail_point
-from streamproc.health import InFlight
 from streamproc.models import EmbeddingModel, ModelPool, load_model
 from streamproc.naming import document_key
 from streamproc.pipeline.embedder import BatchResult, Embedder, Target
 from streamproc.pipeline.lanes import Background
 from streamproc.pipeline.ordered import InOrder
 from streamproc.settings import EmbedderSettings, Settings
-from streamproc.topics import Topics, group_id, topics_for
+from streamproc.topics import topics_for
 from streamproc.weaviate_store import WeaviateStore
-from streamproc.worker.app import faust_app, handed_check, outbox_for, watch
+from streamproc.worker.app import AgentContext, agent_context, faust_app, outbox_for
 from streamproc.worker.backfill import add_backfill
 
 log = logging.getLogger(__name__)
@@ -72,17 +71,12 @@ def create_embedder_app(
     view = JobsView(settings)
     live = LiveLoad(settings)
     add_backfill(app, settings, embedder, store, models, view, live)
-    group = group_id(settings, "embedder")
     agent = EmbedAgent(
-        app,
-        topics,
+        agent_context(app, settings, "embedder", source.get_topic_name()),
         embedder,
         BackfillTargets(embedder, view, models),
         live,
         settings.embedder,
-        group,
-        watch(app, settings, source.get_topic_name(), group).inflight,
-        handed_check(settings, group),
     )
     app.agent(source, name="embed")(agent.run)
     return app
@@ -142,25 +136,19 @@ class EmbedAgent:
 
     def __init__(
         self,
-        app: faust.App,
-        topics: Topics,
+        context: AgentContext,
         embedder: Embedder,
         backfill_targets: BackfillTargets,
         live: LiveLoad,
         batching: EmbedderSettings,
-        group: str,
-        inflight: InFlight,
-        check_handed: Callable[[Iterable[EventT]], Awaitable[None]],
     ) -> None:
-        self.app = app
-        self.topics = topics
+        self.context = context
+        self.app = context.app
+        self.topics = context.topics
         self.embedder = embedder
         self.backfill_targets = backfill_targets
         self.live = live
         self.batching = batching
-        self.group = group
-        self.inflight = inflight
-        self.check_handed = check_handed
 
     async def run(self, stream: faust.Stream) -> None:
         # A batch's backfill-target writes, DLQ sends and ack run behind the stream, so the
@@ -188,19 +176,19 @@ class EmbedAgent:
 
     async def _take(self, stream: faust.Stream, events: list[EventT], finishing: InOrder) -> None:
         span = self._span(events)
-        token = self.inflight.enter()
+        token = self.context.inflight.enter()
         try:
             with trace.use_span(span):
-                await self.check_handed(events)
+                await self.context.check_handed(events)
                 batch = await self._write_configured(Batch(events, span, outbox_for(self.app)))
                 finish = guarded(
                     "embedder: finishing a batch", partial(self._finish, stream, batch)
                 )
                 done = await finishing.add(finish)
                 # Ran, or cancelled unacked at a stop: no longer in flight either way.
-                done.add_done_callback(lambda _, t=token: self.inflight.leave(t))
+                done.add_done_callback(lambda _, t=token: self.context.inflight.leave(t))
         except asyncio.CancelledError:
-            self.inflight.leave(token)
+            self.context.inflight.leave(token)
             span.end()
             raise
         except BaseException as exc:
@@ -218,7 +206,9 @@ class EmbedAgent:
             kind=SpanKind.CONSUMER,
             links=links,
             attributes={
-                **telemetry.consume_attributes(first.topic, first.partition, None, self.group),
+                **telemetry.consume_attributes(
+                    first.topic, first.partition, None, self.context.group
+                ),
                 "messaging.batch.message_count": len(events),
             },
         )
