@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -33,13 +33,16 @@ from streamproc.errors import (
     TransientError,
 )
 from streamproc.kafka_io import admin_client, consumer_client, partitions_of
-from streamproc.models import ModelPool
+from streamproc.models import EmbeddingModel, ModelPool
 from streamproc.naming import object_uuid
 from streamproc.pipeline.embedder import Embedder, Target
 from streamproc.pipeline.lanes import Lane
 from streamproc.settings import Settings
 from streamproc.topics import topics_for
 from streamproc.weaviate_store import WeaviateStore
+
+if TYPE_CHECKING:
+    from streamproc.backfill.verification import Verification
 
 log = logging.getLogger(__name__)
 
@@ -346,11 +349,15 @@ class Replayer:
         return job
 
     async def _auto_promote(self, job: Job, target: Target) -> None:
-        from streamproc.backfill.alias import VerificationFailed, verify_and_promote
+        from streamproc.backfill.alias import VerificationFailed
 
         try:
-            report, previous = await verify_and_promote(
-                self.settings, target.collection, target.model
+            # On a thread of its own, start to end: the worker's loop keeps serving live
+            # batches meanwhile (verification reads whole collections and the chunk topic, and
+            # the client's calls block), and a replay cancelled mid-way never leaves the alias
+            # flipped without its alias-changes record.
+            report, previous = await asyncio.to_thread(
+                _promote, self.settings, target.collection, target.model
             )
             verdict = f"promoted (alias was {previous}): {report.summary()}"
         except VerificationFailed as exc:
@@ -377,6 +384,14 @@ class Replayer:
                     "finished_at": now(),
                 }
             )
+
+
+def _promote(
+    settings: Settings, collection: str, model: EmbeddingModel
+) -> tuple[Verification, str | None]:
+    from streamproc.backfill.alias import verify_and_promote
+
+    return asyncio.run(verify_and_promote(settings, collection, model))
 
 
 def _by_partition(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:

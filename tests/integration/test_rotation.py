@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from streamproc.avro_codec import load_schemas
-from streamproc.backfill.alias import VerificationFailed, rollback, verify_and_promote
+from streamproc.backfill.alias import VerificationFailed, history, rollback, verify_and_promote
 from streamproc.backfill.commands import start_job, wait_for
 from streamproc.derive import projected_model
 from streamproc.kafka_io import live_chunks
@@ -157,3 +157,20 @@ def test_a_failing_verification_refuses_the_flip(rotation: Settings) -> None:
     assert {c.name for c in refused.value.report.failures} - {"content"} == {"keys[globex]"}
     with connect(settings.weaviate) as client:
         assert WeaviateStore(client).alias_target(settings.weaviate.collection_prefix) == old
+
+
+def test_a_job_with_auto_promote_flips_the_alias_once_verified(rotation: Settings) -> None:
+    """The replay heals what the test before broke, verifies the collection and points the
+    alias at it from the worker, the flip recorded for `alias rollback`."""
+    settings = rotation
+    old = settings.collection_for(settings.model(settings.active_model))
+    new = settings.collection_for(settings.model("minilm-pca128"))
+    job_id = asyncio.run(start_job(settings, "minilm-pca128", auto_promote=True))
+    job = asyncio.run(wait_for(settings, job_id, lambda j: j["verification"] is not None, 600))
+    assert job["state"] == "COMPLETED", job["error"]
+    assert job["verification"].startswith(f"promoted (alias was {old})"), job["verification"]
+    with connect(settings.weaviate) as client:
+        assert WeaviateStore(client).alias_target(settings.weaviate.collection_prefix) == new
+    flip = asyncio.run(history(settings))[-1]
+    assert (flip["previous"], flip["current"], flip["action"]) == (old, new, "PROMOTE")
+    assert asyncio.run(rollback(settings)) == (new, old)
