@@ -200,7 +200,7 @@ async def retire(settings: Settings, name: str, timeout_s: float = 60.0) -> None
     alias = settings.weaviate.collection_prefix
     with connect(settings.weaviate) as client:
         store = WeaviateStore(client)
-        if not client.collections.exists(name):
+        if not store.exists(name):
             raise StreamprocError(f"collection {name} does not exist")
         if store.alias_target(alias) == name:
             raise StreamprocError(
