@@ -143,6 +143,11 @@ def test_grpc_unknown_is_judged_by_its_message() -> None:
         ),
         ('resolve node name "node1" to host', Verdict.TRANSIENT),
         (
+            "explorer: list class: search: tried to browse non-existing index for Chunk_m_v1.",
+            Verdict.TRANSIENT,
+        ),
+        ("index for class Chunk_m_v1 not found locally", Verdict.TRANSIENT),
+        (
             "invalid integer property 'chunk_index' on class 'Chunk_m_v1': requires an integer, "
             "the given value is 'a timeout, a lost connection, class not found'",
             None,
