@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 import faust
@@ -122,8 +122,10 @@ class Batch:
     requests: list[dict[str, Any]] = field(default_factory=list)
     results: list[BatchResult] = field(default_factory=list)
 
-    @property
+    @cached_property
     def headers_of(self) -> dict[str, Any]:
+        """Built once the requests are decoded (first read in `_publish`), then shared by the
+        configured collections' and every backfill target's embed-done records."""
         return {
             r["chunk_key"]: e.message.headers for r, e in zip(self.requests, self.kept, strict=True)
         }
