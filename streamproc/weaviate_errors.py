@@ -75,13 +75,14 @@ _COLLECTION_MISSING = re.compile(r"not present in schema|could not find class|cl
 # A restarted node serves gRPC a few seconds before it knows its own cluster membership (until
 # its Raft election): reads say "no read replica found", writes fail each object with "resolve
 # node name ... to host"; then, while it reloads its indexes, a read of a collection the schema
-# holds says "tried to browse non-existing index" and a write "index ... not found locally".
-# Replication says the last line's messages when peers are away.
+# holds says "tried to browse non-existing index", a write "index ... not found locally" and a
+# delete "cannot find index for class". Replication says the last line's messages when peers
+# are away.
 _TRANSIENT_MESSAGE = re.compile(
     r"read-only|read only|readonly|deadline exceeded|timeout|timed out|connection|unavailable"
     r"|too many requests|not ready|leader|shutting down|context canceled|resource exhausted"
     r"|no read replica found|resolve node name|browse non-existing index|not found locally"
-    r"|cannot reach enough replicas|cannot achieve consistency level"
+    r"|cannot find index for class|cannot reach enough replicas|cannot achieve consistency level"
 )
 # Weaviate ends a validation message with the value it refused ("..., the given value is
 # '...'"): document data must not decide the verdict.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +37,8 @@ from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR, weaviate_tenant
 from streamproc.settings import WeaviateSettings
 from streamproc.weaviate_errors import Verdict, mapped_error, message_verdict, redacted
 from streamproc.weaviate_http import refused_key
+
+log = logging.getLogger(__name__)
 
 # Every object's properties (DESIGN.md section 2).
 PROPERTIES = [
@@ -172,10 +176,18 @@ def connect(settings: WeaviateSettings) -> Iterator[weaviate.WeaviateClient]:
         client.close()
 
 
+# How long after its last transient failure Weaviate counts as coming back (see `_edge`).
+RECOVERY_GRACE_S = 30.0
+
+
 class WeaviateStore:
     def __init__(self, client: weaviate.WeaviateClient) -> None:
         self.client = client
         self._known_tenants: dict[str, set[str]] = {}
+        self._troubled_at = -RECOVERY_GRACE_S
+
+    def _recovering(self) -> bool:
+        return time.monotonic() - self._troubled_at < RECOVERY_GRACE_S
 
     def ensure_collection(
         self,
@@ -261,15 +273,38 @@ class WeaviateStore:
     @contextmanager
     def _edge(self, name: str) -> Iterator[None]:
         """Client errors on the data path raised as streamproc's (`mapped_error`); one that
-        nothing classifies is raised as it is."""
+        nothing classifies is raised as it is, and the process ends on it.
+
+        Except while Weaviate is coming back (`RECOVERY_GRACE_S` after a transient failure): a
+        restarted node answers its first seconds with messages of its startup that no rule may
+        know yet (CI met three in turn), and ending the embedder on one costs a restart and
+        proves nothing. Then it is transient; the grace ends with the outage's last failure, so
+        a lasting unknown error still ends the process."""
         try:
             try:
                 yield
             except (WeaviateBaseError, httpx.TransportError) as exc:
                 error = mapped_error(exc, name)
-                if error is None:
-                    raise
-                raise error from exc
+                if isinstance(error, TransientError):
+                    self._troubled_at = time.monotonic()
+                if error is not None:
+                    raise error from exc
+                recovering = self._recovering()
+                # The message, without the value Weaviate may quote, is what tells an operator
+                # (and us) which rule is missing.
+                log.log(
+                    logging.WARNING if recovering else logging.ERROR,
+                    "weaviate error nothing classifies",
+                    extra={
+                        "collection": name,
+                        "exc_type": type(exc).__name__,
+                        "error": redacted(str(exc))[:800],
+                        "recovering": recovering,
+                    },
+                )
+                if recovering:
+                    raise TransientError(f"{type(exc).__name__}: {redacted(str(exc))}") from exc
+                raise
         except CollectionMissingError:
             # A collection made again under the same name starts without tenants.
             self._known_tenants.pop(name, None)
@@ -294,7 +329,7 @@ class WeaviateStore:
             self.ensure_tenants(name, {o.tenant for o in objects})
             for tenant, group in _by_tenant(objects).items():
                 errors.update(_insert(self._with_tenant(name, tenant), group))
-            return _sorted(name, [o.uuid for o in objects], errors)
+            return self._sorted(name, [o.uuid for o in objects], errors)
 
     def delete(self, name: str, tenant: str, uuids: Sequence[UUID]) -> WriteResult:
         """Delete by id; `written` holds the ids that are gone, absent ones included."""
@@ -320,7 +355,7 @@ class WeaviateStore:
                 for o in outcome.objects
                 if not o.successful
             }
-            return _sorted(name, uuids, errors)
+            return self._sorted(name, uuids, errors)
 
     def held(self, name: str, tenant: str, uuids: Sequence[UUID]) -> dict[UUID, tuple[Any, str]]:
         """(ingested_at, text_sha256) of those of `uuids` the collection holds."""
@@ -419,6 +454,34 @@ class WeaviateStore:
             return None
         return self._with_tenant(name, tenant)
 
+    def _sorted(self, name: str, uuids: Sequence[UUID], errors: dict[UUID, str]) -> WriteResult:
+        """Per-object outcomes by verdict. A message that implies none is a rejection for good,
+        unless Weaviate is coming back (`_edge`): then it is tried again."""
+        written: list[UUID] = []
+        failed: dict[UUID, str] = {}
+        retry: dict[UUID, str] = {}
+        for uuid in uuids:
+            message = errors.get(uuid)
+            verdict = None if message is None else message_verdict(message)
+            if message is None:
+                written.append(uuid)
+            elif verdict is Verdict.COLLECTION_MISSING:
+                raise CollectionMissingError(name)
+            elif verdict is Verdict.TRANSIENT:
+                retry[uuid] = redacted(message)
+            else:
+                failed[uuid] = redacted(message)
+        if retry:
+            self._troubled_at = time.monotonic()
+        if failed and self._recovering():
+            log.warning(
+                "weaviate object errors nothing classifies, while it recovers: retried",
+                extra={"collection": name, "objects": len(failed)},
+            )
+            retry.update(failed)
+            failed = {}
+        return WriteResult(written, failed, retry)
+
     # --- the serving alias -------------------------------------------------------------------
 
     def alias_target(self, alias: str) -> str | None:
@@ -492,25 +555,6 @@ def _insert(collection: Collection[Any, Any], group: list[ChunkObject]) -> dict[
         message = decisive[0] if decisive else "; ".join(messages) or str(exc)
         return dict.fromkeys((o.uuid for o in group), message)
     return {group[index].uuid: error.message for index, error in result.errors.items()}
-
-
-def _sorted(name: str, uuids: Sequence[UUID], errors: dict[UUID, str]) -> WriteResult:
-    """Per-object outcomes by verdict; a message that implies none is a rejection for good."""
-    written: list[UUID] = []
-    failed: dict[UUID, str] = {}
-    retry: dict[UUID, str] = {}
-    for uuid in uuids:
-        message = errors.get(uuid)
-        verdict = None if message is None else message_verdict(message)
-        if message is None:
-            written.append(uuid)
-        elif verdict is Verdict.COLLECTION_MISSING:
-            raise CollectionMissingError(name)
-        elif verdict is Verdict.TRANSIENT:
-            retry[uuid] = redacted(message)
-        else:
-            failed[uuid] = redacted(message)
-    return WriteResult(written, failed, retry)
 
 
 def _by_tenant(objects: Sequence[ChunkObject]) -> dict[str, list[ChunkObject]]:

@@ -3,6 +3,7 @@ faults are injected, then the exact check and the figures for the suite's table.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -56,7 +57,8 @@ class SupervisedWorkers(Workers):
                     if code is None:
                         continue
                     now = time.time()
-                    self.exits.append(f"{role} exited with {code} at {now - self.t0:.0f}s")
+                    why = last_words(self.log_dir / f"{role}.log")
+                    self.exits.append(f"{role} exited with {code} at {now - self.t0:.0f}s{why}")
                     # Like a pod's crash-loop backoff, but short and reset after a good run, so
                     # the supervisor's own delay never dominates a recovery time.
                     ran = now - self.started[role]
@@ -102,6 +104,26 @@ class SupervisedWorkers(Workers):
                     return True
             time.sleep(0.2)
         return False
+
+
+def last_words(log: Path) -> str:
+    """What a worker logged at ERROR or above before it exited (the crash record's error type,
+    where it was raised and its innermost frames): CI keeps the suite's output, not its logs."""
+    words = []
+    with log.open("rb") as lines:
+        lines.seek(max(0, log.stat().st_size - 200_000))
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("level") not in ("ERROR", "CRITICAL"):
+                continue
+            said = {k: record[k] for k in ("msg", "where", "exc_type", "error") if k in record}
+            if "stack" in record:
+                said["stack"] = record["stack"][-3:]
+            words.append(json.dumps(said))
+    return "".join(f"\n    {w}" for w in words[-3:])
 
 
 @dataclass

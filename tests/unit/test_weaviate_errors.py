@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from uuid import uuid4
 
 import grpc
 import httpx
@@ -23,7 +24,7 @@ from weaviate.exceptions import (
 )
 
 import streamproc.weaviate_errors as weaviate_errors
-import streamproc.weaviate_store  # noqa: F401  (importing the store installs the retry below)
+import streamproc.weaviate_store as weaviate_store  # importing it installs the retry below
 from streamproc.errors import (
     CollectionMissingError,
     ConfigurationError,
@@ -31,6 +32,8 @@ from streamproc.errors import (
     TransientError,
 )
 from streamproc.weaviate_errors import Verdict, error_verdict, mapped_error, message_verdict
+from streamproc.weaviate_store import WeaviateStore
+from tests.stand_ins import unconnected_store
 
 
 def _status(code: int, body: object = None) -> UnexpectedStatusCodeError:
@@ -148,6 +151,10 @@ def test_grpc_unknown_is_judged_by_its_message() -> None:
         ),
         ("index for class Chunk_m_v1 not found locally", Verdict.TRANSIENT),
         (
+            "batch delete: cannot find index for class Chunk_m_v1.",
+            Verdict.TRANSIENT,
+        ),
+        (
             "invalid integer property 'chunk_index' on class 'Chunk_m_v1': requires an integer, "
             "the given value is 'a timeout, a lost connection, class not found'",
             None,
@@ -174,15 +181,48 @@ def test_mapped_errors_are_streamprocs() -> None:
 
 
 def test_a_rejection_travels_on_without_the_value_weaviate_quotes_back() -> None:
-    from uuid import uuid4
-
-    from streamproc import weaviate_store
-
     uuid = uuid4()
     message = "invalid text property 'chunk_index': the given value is 'secret document text'"
-    result = weaviate_store._sorted("C", [uuid], {uuid: message})
+    result = unconnected_store()._sorted("C", [uuid], {uuid: message})
     assert "secret document text" not in result.failed[uuid]
     assert "chunk_index" in result.failed[uuid]
+
+
+def _raising(store: WeaviateStore, error: BaseException) -> None:
+    with store._edge("C"):
+        raise error
+
+
+def test_an_unknown_error_ends_the_process_unless_weaviate_is_coming_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restarted node's first answers (CI met three in turn that no rule knew) are waited out
+    for `RECOVERY_GRACE_S` after the outage's last transient failure, not crashed on."""
+    clock = [1000.0]
+    monkeypatch.setattr(weaviate_store.time, "monotonic", lambda: clock[0])
+    store = unconnected_store()
+    unknown = _wrapped(grpc.StatusCode.UNKNOWN, "some startup message nobody knows")
+    with pytest.raises(WeaviateBatchError):
+        _raising(store, unknown)
+
+    with pytest.raises(TransientError):
+        _raising(store, _wrapped(grpc.StatusCode.UNAVAILABLE, "connection refused"))
+    clock[0] += weaviate_store.RECOVERY_GRACE_S - 1
+    with pytest.raises(TransientError):
+        _raising(store, unknown)
+    uuid = uuid4()
+    retried = store._sorted("C", [uuid], {uuid: "some startup message nobody knows"})
+    assert (retried.failed, list(retried.retry)) == ({}, [uuid])
+
+    # An unknown error does not extend the grace: one that lasts still ends the process.
+    clock[0] += 2
+    with pytest.raises(WeaviateBatchError):
+        _raising(store, unknown)
+    assert list(store._sorted("C", [uuid], {uuid: "still unknown"}).failed) == [uuid]
+    # A per-object transient message starts it too, for the batch's other objects as well.
+    other = uuid4()
+    mixed = store._sorted("C", [uuid, other], {uuid: "no read replica found", other: "odd"})
+    assert (mixed.failed, set(mixed.retry)) == ({}, {uuid, other})
 
 
 class _Unavailable(grpc.RpcError):
