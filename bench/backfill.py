@@ -48,7 +48,8 @@ from streamproc.kafka_io import end_offsets
 from streamproc.models import load_model
 from streamproc.naming import document_key
 from streamproc.produce import event_for, expand
-from streamproc.settings import CORPUS, REPO_ROOT, ModelSpec, Settings
+from streamproc.registry import ModelSpec
+from streamproc.settings import CORPUS, REPO_ROOT, Settings
 from streamproc.topics import topic_name
 from streamproc.worker.runner import worker_subprocess
 

@@ -41,7 +41,7 @@ from streamproc.demo import local_services
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import admin_client, end_offsets, follow, producer
 from streamproc.models import EmbeddingModel, load_model
-from streamproc.naming import document_key, object_uuid
+from streamproc.naming import CONTENT_VECTOR, document_key, object_uuid
 from streamproc.otlp_receiver import OtlpReceiver
 from streamproc.pipeline.chunker import Chunker
 from streamproc.produce import event_for, expand
@@ -49,7 +49,9 @@ from streamproc.settings import CORPUS, REPO_ROOT, Settings
 from streamproc.topics import topic_name
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
-from streamproc.weaviate_store import CONTENT_VECTOR, ChunkObject, WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_schema import ChunkObject
+from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.runner import worker_subprocess
 
 RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"

@@ -51,10 +51,13 @@ from streamproc.errors import PermanentError
 from streamproc.inference.process import serving
 from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import EmbeddingModel, load_model
+from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR
 from streamproc.pipeline.chunker import Chunker
-from streamproc.pipeline.embedder import Embedder, Target
+from streamproc.pipeline.embedder import Embedder
+from streamproc.pipeline.objects import Target
 from streamproc.settings import REPO_ROOT, Settings, child_env
-from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.embedder import background_pacing
 
 RESULTS = REPO_ROOT / "bench" / "results" / "retrieval.json"

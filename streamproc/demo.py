@@ -33,13 +33,15 @@ from streamproc.kafka_io import end_offsets, follow
 from streamproc.localservices.manager import LocalServices
 from streamproc.naming import chunk_key
 from streamproc.produce import Document, content_type, expand, produce_documents
+from streamproc.registry import ModelSpec
 from streamproc.search import search_alias
-from streamproc.settings import CORPUS, ModelSpec, Settings
+from streamproc.settings import CORPUS, Settings
 from streamproc.topics import topics_for
 from streamproc.topology import load_topology
 from streamproc.topology.kafka_admin import reconcile
 from streamproc.verify import verify_collection
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.runner import worker_subprocess
 
 TENANT = "demo"

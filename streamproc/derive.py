@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from streamproc.models import quiet_transformers, resolve_source
-from streamproc.settings import CORPUS, ModelSpec
+from streamproc.registry import ModelSpec
+from streamproc.settings import CORPUS
 
 PROJECTED_DIM = 128
 

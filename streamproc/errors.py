@@ -47,6 +47,10 @@ class ConfigurationError(StreamprocError):
     """Settings, registry or cluster state that stops a worker from starting."""
 
 
+class UnknownModelError(ConfigurationError):
+    """A model name the registry does not hold."""
+
+
 class ServiceError(StreamprocError):
     """A local service could not be provisioned, started or stopped."""
 

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from streamproc.errors import ConfigurationError
-from streamproc.settings import ModelSpec, Settings
+from streamproc.registry import ModelSpec
+from streamproc.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,7 @@ class ModelPool:
             return self._models[name]
         async with self._loading.setdefault(name, asyncio.Lock()):
             if name not in self._models:
-                try:
-                    spec = self.settings.model(name)
-                except KeyError as exc:
-                    raise ConfigurationError(str(exc)) from exc
+                spec = self.settings.model(name)
                 self._models[name] = await asyncio.to_thread(
                     load_model, spec, self.settings.embedder.device
                 )

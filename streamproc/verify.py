@@ -11,7 +11,8 @@ from streamproc.errors import StreamprocError
 from streamproc.kafka_io import live_chunks
 from streamproc.settings import Settings
 from streamproc.topics import topics_for
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 
 # Chunk key -> text_sha256, per tenant.
 Hashes = Mapping[str, Mapping[str, str]]

@@ -1,17 +1,16 @@
 """What a Weaviate client error means here: the one mapping from weaviate-client's, gRPC's and
 httpx's errors to streamproc's (transient, permanent, configuration, collection missing),
-applied at the store's edge; and the client's in-call retry replaced by ours."""
+applied at the store's edge."""
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 from enum import Enum
-from typing import Any
 
-import grpc
 import httpx
-import weaviate.connect.v4 as weaviate_connection
 from weaviate.exceptions import (
     AuthenticationFailedError,
     InsufficientPermissionsError,
@@ -150,38 +149,20 @@ def mapped_error(exc: BaseException, collection: str) -> StreamprocError | None:
     return None
 
 
-class _RaiseAtOnce:
-    """Stands in for the client's retry of a gRPC call that Weaviate answers UNAVAILABLE. The
-    client's own sleeps 1, 2, 4, ... 32 s inside the call, so a worker would notice Weaviate's
-    return up to half a minute late. Retrying in place is ours (`delivery.backoff`, capped at
-    5 s): the call raises at once, with the error the client raises after its last try."""
+class Recovery:
+    """Whether Weaviate is coming back: a failure it answered transiently was seen less than
+    `grace_s` ago (the store waits out what it says then, `WeaviateStore._edge`)."""
 
-    def __init__(self, _tries: float = 0) -> None:
-        pass
+    def __init__(self, grace_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace_s = grace_s
+        self._clock = clock
+        self._failed_at = -math.inf
 
-    def with_exponential_backoff(
-        self, count: int, error: str, f: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Any:
-        try:
-            return f(*args, **kwargs)
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
-                raise
-            raise WeaviateRetryError(str(exc), count) from exc
+    def failed(self) -> None:
+        self._failed_at = self._clock()
 
-    async def awith_exponential_backoff(
-        self, count: int, error: str, f: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
-    ) -> Any:
-        try:
-            return await f(*args, **kwargs)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            raise WeaviateRetryError(str(exc), count) from exc
-
-
-# weaviate-client looks `_Retry` up in this module at each call.
-weaviate_connection._Retry = _RaiseAtOnce  # type: ignore[attr-defined,assignment]
+    def recovering(self) -> bool:
+        return self._clock() - self._failed_at < self.grace_s
 
 
 def redacted(message: str) -> str:

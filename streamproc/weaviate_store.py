@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import httpx
 import weaviate
-from weaviate.classes.config import Configure, DataType, Property, VectorDistances
-from weaviate.classes.init import AdditionalConfig, GrpcConfig
+from weaviate.classes.config import Configure
 from weaviate.classes.query import Filter, TargetVectors
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
-from weaviate.collections.classes.config_vectors import _VectorConfigCreate
 from weaviate.collections.classes.data import DataObject
 from weaviate.collections.classes.grpc import TargetVectorJoinType
 from weaviate.exceptions import (
@@ -33,161 +28,25 @@ from streamproc.errors import (
     ConfigurationError,
     TransientError,
 )
-from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR, weaviate_tenant
-from streamproc.settings import WeaviateSettings
-from streamproc.weaviate_errors import Verdict, mapped_error, message_verdict, redacted
-from streamproc.weaviate_http import refused_key
+from streamproc.naming import CONTENT_VECTOR, weaviate_tenant
+from streamproc.weaviate_errors import Recovery, Verdict, mapped_error, message_verdict, redacted
+from streamproc.weaviate_schema import (
+    PROPERTIES,
+    ChunkObject,
+    Found,
+    WriteResult,
+    query_endpoint,
+    vector_configs,
+)
 
 log = logging.getLogger(__name__)
-
-# Every object's properties (DESIGN.md section 2).
-PROPERTIES = [
-    Property(name="chunk_key", data_type=DataType.TEXT, skip_vectorization=True),
-    Property(name="tenant", data_type=DataType.TEXT),
-    Property(name="doc_id", data_type=DataType.TEXT),
-    Property(name="chunk_index", data_type=DataType.INT),
-    Property(name="heading_path", data_type=DataType.TEXT_ARRAY),
-    Property(name="text", data_type=DataType.TEXT),
-    Property(name="text_sha256", data_type=DataType.TEXT),
-    Property(name="char_count", data_type=DataType.INT),
-    Property(name="token_count", data_type=DataType.INT),
-    Property(name="truncated", data_type=DataType.BOOL),
-    # The registry name of the model that embedded the object; model_id is where it came from.
-    Property(name="model_name", data_type=DataType.TEXT),
-    Property(name="model_id", data_type=DataType.TEXT),
-    Property(name="model_revision", data_type=DataType.TEXT),
-    Property(name="model_version", data_type=DataType.TEXT),
-    Property(name="policy_version", data_type=DataType.TEXT),
-    Property(name="source_uri", data_type=DataType.TEXT),
-    Property(name="ingested_at", data_type=DataType.DATE),
-    Property(name="embedded_at", data_type=DataType.DATE),
-]
-
-
-@dataclass(frozen=True)
-class Embedding:
-    """Which model embedded an object: its registry name, version and where it came from."""
-
-    model_name: str
-    model_id: str
-    model_revision: str
-    model_version: str
-
-
-def object_properties(
-    chunk: Mapping[str, Any],
-    embedding: Embedding,
-    *,
-    text: str,
-    token_count: int,
-    embedded_at: datetime,
-) -> dict[str, Any]:
-    """The properties (`PROPERTIES`) of the object that holds `chunk`, a chunk record."""
-    return {
-        "chunk_key": chunk["chunk_key"],
-        "tenant": chunk["tenant"],
-        "doc_id": chunk["doc_id"],
-        "chunk_index": chunk["chunk_index"],
-        "heading_path": chunk["heading_path"],
-        "text": text,
-        "text_sha256": chunk["text_sha256"],
-        "char_count": chunk["char_count"],
-        "token_count": token_count,
-        "truncated": chunk["truncated"],
-        "model_name": embedding.model_name,
-        "model_id": embedding.model_id,
-        "model_revision": embedding.model_revision,
-        "model_version": embedding.model_version,
-        "policy_version": chunk["policy_version"],
-        "source_uri": chunk["source_uri"] or "",
-        "ingested_at": chunk["ingested_at"],
-        "embedded_at": embedded_at,
-    }
-
-
-@dataclass(frozen=True)
-class ChunkObject:
-    """One object to upsert: properties plus its named vectors."""
-
-    uuid: UUID
-    tenant: str
-    properties: dict[str, Any]
-    vectors: dict[str, Sequence[float]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """Per object: done (written, or deleted), rejected for good, or rejected for now."""
-
-    written: list[UUID]
-    # UUID -> Weaviate's message: retrying cannot help, the request goes to the DLQ.
-    failed: dict[UUID, str]
-    # UUID -> Weaviate's message: a read-only shard, a timeout...; worth sending again later.
-    retry: dict[UUID, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Found:
-    """An object a read returned: its id and the properties it asked for."""
-
-    uuid: UUID
-    properties: dict[str, Any]
-
-
-# gRPC waits longer and longer between reconnects while Weaviate is away (up to two minutes by
-# default; about 30 s after a one-minute outage), failing every call meanwhile: capped at 2 s,
-# a worker's next try after Weaviate's return finds the channel connected.
-_CHANNEL = [
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
-
-
-@contextmanager
-def connect(settings: WeaviateSettings) -> Iterator[weaviate.WeaviateClient]:
-    auth = (
-        weaviate.auth.AuthApiKey(settings.api_key.get_secret_value()) if settings.api_key else None
-    )
-    try:
-        client = weaviate.connect_to_custom(
-            http_host=settings.http_host,
-            http_port=settings.http_port,
-            http_secure=settings.http_secure,
-            grpc_host=settings.grpc_host,
-            grpc_port=settings.grpc_port,
-            grpc_secure=settings.grpc_secure,
-            auth_credentials=auth,
-            # The default checks also ask pypi.org for the newest client: no outside calls.
-            skip_init_checks=True,
-            additional_config=AdditionalConfig(grpc_config=GrpcConfig(channel_options=_CHANNEL)),
-        )
-        if not client.is_ready():
-            client.close()
-            raise TransientError(f"Weaviate at {settings.http_url} is not ready")
-    except WeaviateBaseError as exc:
-        # Connecting reads the server's metadata, which needs the key: a refused key shows here.
-        if isinstance(exc, UnexpectedStatusCodeError) and exc.status_code in (401, 403):
-            raise refused_key(settings, exc.status_code) from None
-        raise TransientError(f"cannot connect to Weaviate at {settings.http_url}: {exc}") from exc
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-# How long after its last transient failure Weaviate counts as coming back (see `_edge`).
-RECOVERY_GRACE_S = 30.0
 
 
 class WeaviateStore:
     def __init__(self, client: weaviate.WeaviateClient) -> None:
         self.client = client
         self._known_tenants: dict[str, set[str]] = {}
-        self._troubled_at = -RECOVERY_GRACE_S
-
-    def _recovering(self) -> bool:
-        return time.monotonic() - self._troubled_at < RECOVERY_GRACE_S
+        self._recovery = Recovery()
 
     def ensure_collection(
         self,
@@ -240,9 +99,7 @@ class WeaviateStore:
     def _create_collection(
         self, name: str, dimension: int, *, heading_vector: bool, inference_url: str | None
     ) -> None:
-        sources = {CONTENT_VECTOR: ["text"], HEADING_VECTOR: ["heading_path"]}
-        names = [CONTENT_VECTOR, HEADING_VECTOR] if heading_vector else [CONTENT_VECTOR]
-        vectors = [_vector_config(vector, sources[vector], inference_url) for vector in names]
+        vectors = vector_configs(heading_vector, inference_url)
         self.client.collections.create(
             name,
             properties=PROPERTIES,
@@ -275,7 +132,7 @@ class WeaviateStore:
         """Client errors on the data path raised as streamproc's (`mapped_error`); one that
         nothing classifies is raised as it is, and the process ends on it.
 
-        Except while Weaviate is coming back (`RECOVERY_GRACE_S` after a transient failure): a
+        Except while Weaviate is coming back (`Recovery`, after a transient failure): a
         restarted node answers its first seconds with messages of its startup that no rule may
         know yet (CI met three in turn), and ending the embedder on one costs a restart and
         proves nothing. Then it is transient; the grace ends with the outage's last failure, so
@@ -286,10 +143,10 @@ class WeaviateStore:
             except (WeaviateBaseError, httpx.TransportError) as exc:
                 error = mapped_error(exc, name)
                 if isinstance(error, TransientError):
-                    self._troubled_at = time.monotonic()
+                    self._recovery.failed()
                 if error is not None:
                     raise error from exc
-                recovering = self._recovering()
+                recovering = self._recovery.recovering()
                 # The message, without the value Weaviate may quote, is what tells an operator
                 # (and us) which rule is missing.
                 log.log(
@@ -422,7 +279,7 @@ class WeaviateStore:
     def query_endpoint(self, name: str, vector: str = CONTENT_VECTOR) -> str | None:
         """The endpoint the collection's named vector embeds queries with, if it names one."""
         with self._edge(name):
-            return _query_endpoint(self.client.collections.get(name).config.get(), vector)
+            return query_endpoint(self.client.collections.get(name).config.get(), vector)
 
     def collections(self, prefix: str) -> list[str]:
         """Every collection named `{prefix}_...`: one per model version."""
@@ -472,8 +329,8 @@ class WeaviateStore:
             else:
                 failed[uuid] = redacted(message)
         if retry:
-            self._troubled_at = time.monotonic()
-        if failed and self._recovering():
+            self._recovery.failed()
+        if failed and self._recovery.recovering():
             log.warning(
                 "weaviate object errors nothing classifies, while it recovers: retried",
                 extra={"collection": name, "objects": len(failed)},
@@ -502,30 +359,6 @@ class WeaviateStore:
         if previous is not None and previous != collection:
             self.client.alias.update(alias_name=alias, new_target_collection=collection)
         return previous
-
-
-def _vector_config(
-    name: str, source_properties: list[str], inference_url: str | None
-) -> _VectorConfigCreate:
-    index = Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)
-    if inference_url is None:
-        return Configure.Vectors.self_provided(name=name, vector_index_config=index)
-    return Configure.Vectors.text2vec_transformers(
-        name=name,
-        inference_url=inference_url,
-        source_properties=source_properties,
-        vectorize_collection_name=False,
-        vector_index_config=index,
-    )
-
-
-def _query_endpoint(collection_config: Any, vector: str) -> str | None:
-    config = (
-        collection_config.vector_config.get(vector) if collection_config.vector_config else None
-    )
-    if config is None:
-        return None
-    return config.vectorizer.model.get("inferenceUrl")
 
 
 def _target_vector(targets: Sequence[str]) -> TargetVectorJoinType:

@@ -34,10 +34,12 @@ from streamproc.kafka_io import (
 from streamproc.localservices.process import check_ports_free
 from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import load_model
+from streamproc.naming import CONTENT_VECTOR
 from streamproc.search import search_alias
 from streamproc.settings import CORPUS, Settings, child_env
 from streamproc.topics import topic_name
-from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.runner import child_environ, worker_argv
 
 

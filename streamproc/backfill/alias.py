@@ -23,7 +23,8 @@ from streamproc.models import EmbeddingModel
 from streamproc.settings import Settings
 from streamproc.topics import topics_for
 from streamproc.verify import Hashes, TenantReport, compare_collection, live_hashes
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 
 
 class VerificationFailed(StreamprocError):

@@ -18,7 +18,8 @@ from streamproc.errors import StreamprocError
 from streamproc.kafka_io import admin_client, producer, read_to_end
 from streamproc.settings import Settings
 from streamproc.topics import group_id, job_codec, jobs_changelog, topics_for
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 
 
 async def _send(settings: Settings, key: str, command: dict[str, Any]) -> None:

@@ -10,8 +10,9 @@ from typing import Any
 
 from streamproc.backfill.jobs import scoped
 from streamproc.errors import CollectionMissingError
-from streamproc.pipeline.embedder import BatchResult, Embedder, Target
+from streamproc.pipeline.embedder import BatchResult, Embedder
 from streamproc.pipeline.lanes import Lane
+from streamproc.pipeline.objects import Target
 
 log = logging.getLogger(__name__)
 

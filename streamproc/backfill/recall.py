@@ -7,8 +7,8 @@ from collections.abc import Collection, Sequence
 
 from streamproc.backfill.quality import Query, Scores, score
 from streamproc.models import EmbeddingModel
-from streamproc.naming import weaviate_tenant
-from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, WeaviateStore
+from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR, weaviate_tenant
+from streamproc.weaviate_store import WeaviateStore
 
 K = 10
 

@@ -10,19 +10,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from opentelemetry import trace
 
 from streamproc import telemetry
 from streamproc.backfill import replay
+from streamproc.backfill.chunk_reader import (
+    Clients,
+    by_partition,
+    record_time,
+    replay_clients,
+    scan,
+)
 from streamproc.backfill.job_store import JobStore, Stopped
 from streamproc.backfill.jobs import Job, now
 from streamproc.backfill.live_load import LiveLoad
@@ -32,11 +36,12 @@ from streamproc.errors import (
     PermanentError,
     TransientError,
 )
-from streamproc.kafka_io import admin_client, consumer_client, partitions_of
+from streamproc.kafka_io import partitions_of
 from streamproc.models import EmbeddingModel, ModelPool
 from streamproc.naming import object_uuid
-from streamproc.pipeline.embedder import Embedder, Target
+from streamproc.pipeline.embedder import Embedder
 from streamproc.pipeline.lanes import Lane
+from streamproc.pipeline.objects import Target
 from streamproc.settings import Settings
 from streamproc.topics import topics_for
 from streamproc.weaviate_store import WeaviateStore
@@ -49,15 +54,6 @@ log = logging.getLogger(__name__)
 # While throttled, the reason shown in `backfill status` is refreshed this often at most: often
 # enough to follow what holds the replay, rarely enough not to write the job table every poll.
 THROTTLE_SAVE_INTERVAL_S = 5.0
-
-
-@dataclass
-class Clients:
-    reader: AIOKafkaConsumer  # assigned the chunk partitions, scanning them
-    # Never assigned: an offset query sent on the reader's connection waits behind its
-    # long-poll fetch (fetch_max_wait_ms), which cost the replay half a second per batch.
-    offsets: AIOKafkaConsumer
-    admin: AIOKafkaAdminClient
 
 
 class Replayer:
@@ -85,28 +81,11 @@ class Replayer:
         if job is not None:
             # Before any await: a retire of the collection now waits for this task to end.
             self.view.writers.hold([job["target_collection"]])
-        kafka = Clients(
-            # Reads up to known end offsets only: a long poll would just delay the next scan.
-            reader=consumer_client(
-                self.settings,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=50,
-            ),
-            offsets=consumer_client(self.settings, enable_auto_commit=False),
-            admin=admin_client(self.settings),
-        )
-        await kafka.reader.start()
-        await kafka.offsets.start()
-        await kafka.admin.start()
         try:
-            await self._run(job_id, kafka)
+            async with replay_clients(self.settings) as kafka:
+                await self._run(job_id, kafka)
         except Stopped:
             log.info("backfill stopped", extra={"job_id": job_id})
-        finally:
-            await kafka.reader.stop()
-            await kafka.offsets.stop()
-            await kafka.admin.close()
 
     async def _run(self, job_id: str, kafka: Clients) -> None:
         job = self.jobs.get(job_id)
@@ -157,8 +136,8 @@ class Replayer:
         while (self.view.jobs.get(job["job_id"]) or {}).get("state") != "RUNNING":
             await self.view.refresh()
             await asyncio.sleep(0.05)
-        starts = _by_partition(await kafka.offsets.beginning_offsets(tps))
-        ends = _by_partition(await kafka.offsets.end_offsets(tps))
+        starts = by_partition(await kafka.offsets.beginning_offsets(tps))
+        ends = by_partition(await kafka.offsets.end_offsets(tps))
         job = {
             **job,
             "range_starts": starts,
@@ -189,7 +168,7 @@ class Replayer:
             ):
                 job, written = await self._pass(job, target, kafka)
             writes += written
-            ends = _by_partition(await kafka.offsets.end_offsets(tps))
+            ends = by_partition(await kafka.offsets.end_offsets(tps))
             budget = self.settings.backfill.max_catch_up_passes
             after = replay.after_pass(job["pass_number"], writes, job["watermarks"], ends, budget)
             if after is replay.After.COMPLETE:
@@ -235,7 +214,7 @@ class Replayer:
             last = replay.last_offsets(
                 [
                     (r.offset, r.key.decode())
-                    async for r in _scan(
+                    async for r in scan(
                         kafka.reader, tp, job["range_starts"].get(partition, 0), end
                     )
                     if r.key is not None and replay.in_scope(r.key.decode(), tenant)
@@ -243,7 +222,7 @@ class Replayer:
             )
             batch: list[ConsumerRecord[bytes, bytes]] = []
             position = job["positions"].get(partition, 0)
-            async for record in _scan(kafka.reader, tp, position, end):
+            async for record in scan(kafka.reader, tp, position, end):
                 key = record.key.decode() if record.key is not None else ""
                 if last.get(key) == record.offset:
                     batch.append(record)
@@ -394,10 +373,6 @@ def _promote(
     return asyncio.run(verify_and_promote(settings, collection, model))
 
 
-def _by_partition(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
-    return {str(tp.partition): offset for tp, offset in offsets.items()}
-
-
 def _requests(
     values: Mapping[str, tuple[Any, ConsumerRecord[bytes, bytes]]],
     held: Mapping[UUID, replay.Held],
@@ -408,7 +383,7 @@ def _requests(
     for key, (value, record) in values.items():
         action = replay.decide(value, held.get(object_uuid(key)))
         if action in (replay.Action.UPSERT, replay.Action.DELETE):
-            requests.append(replay.as_request(key, value, _record_time(record)))
+            requests.append(replay.as_request(key, value, record_time(record)))
         elif action is replay.Action.SKIP:
             skipped += 1
     return requests, skipped
@@ -422,26 +397,3 @@ def _counted(job: Job, upserted: int, deleted: int, skipped: int) -> Job:
         "items_deleted": job["items_deleted"] + deleted,
         "items_skipped": job["items_skipped"] + skipped,
     }
-
-
-def _record_time(record: ConsumerRecord[bytes, bytes]) -> datetime:
-    return datetime.fromtimestamp(record.timestamp / 1000, tz=UTC)
-
-
-async def _scan(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int
-) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """Records of `tp` with offsets in [start, end), in order."""
-    if start >= end:
-        return
-    consumer.seek(tp, start)
-    consumer.resume(tp)
-    try:
-        while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000)
-            for record in batch.get(tp, []):
-                if record.offset >= end:
-                    return
-                yield record
-    finally:
-        consumer.pause(tp)

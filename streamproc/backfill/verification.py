@@ -21,11 +21,12 @@ from streamproc.backfill.replay import in_scope
 from streamproc.errors import StreamprocError
 from streamproc.kafka_io import live_chunks
 from streamproc.models import EmbeddingModel, load_model
-from streamproc.naming import object_uuid
-from streamproc.settings import ModelSpec, Settings
+from streamproc.naming import CONTENT_VECTOR, object_uuid
+from streamproc.registry import ModelSpec
+from streamproc.settings import Settings
 from streamproc.topics import topics_for
 from streamproc.verify import EXAMPLES, TenantReport, compare_collection
-from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore
+from streamproc.weaviate_store import WeaviateStore
 
 log = logging.getLogger(__name__)
 

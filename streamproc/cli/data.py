@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streamproc.cli.common import app, current_settings, fail, run
-from streamproc.errors import StreamprocError
+from streamproc.cli.common import app, current_settings, run
 from streamproc.search import DEFAULT_FUSION, DEFAULT_MODE, DEFAULT_TARGETS, Fusion, Mode
 from streamproc.topics import dead_letter_topic, topic_name, topics_for
 
@@ -28,19 +27,16 @@ def tail(
     from streamproc.kafka_io import tail_topic
 
     settings = current_settings()
-    try:
-        run(
-            tail_topic(
-                settings,
-                topic_name(settings, topic),
-                from_beginning,
-                max_messages,
-                idle_timeout,
-                sys.stdout,
-            )
+    run(
+        tail_topic(
+            settings,
+            topic_name(settings, topic),
+            from_beginning,
+            max_messages,
+            idle_timeout,
+            sys.stdout,
         )
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    )
 
 
 @app.command("produce")
@@ -61,13 +57,10 @@ def produce(
 
     settings = current_settings()
     telemetry.setup(settings.telemetry, "streamproc-produce")
-    try:
-        docs = expand(paths)
-        sent = run(
-            produce_documents(settings, docs, tenant, "DELETE" if delete else "UPSERT", force=force)
-        )
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    docs = expand(paths)
+    sent = run(
+        produce_documents(settings, docs, tenant, "DELETE" if delete else "UPSERT", force=force)
+    )
     typer.echo(f"produced {sent} event(s) to {topics_for(settings).chunk_requested.name}")
 
 
@@ -82,10 +75,7 @@ def verify(
     from streamproc.verify import verify_collection
 
     settings = current_settings()
-    try:
-        name, reports = run(verify_collection(settings, collection))
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    name, reports = run(verify_collection(settings, collection))
     for report in reports:
         mark = "ok" if report.ok else "MISMATCH"
         typer.echo(f"{name} tenant {report.tenant}: {report.detail()}: {mark}")
@@ -119,19 +109,16 @@ def search(
     from streamproc.search import parse_weights, search_alias
 
     settings = current_settings()
-    try:
-        result = search_alias(
-            settings,
-            text,
-            tenant,
-            limit,
-            mode=mode,
-            targets=[t.strip() for t in targets.split(",") if t.strip()],
-            fusion=fusion,
-            weights=parse_weights(weights),
-        )
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    result = search_alias(
+        settings,
+        text,
+        tenant,
+        limit,
+        mode=mode,
+        targets=[t.strip() for t in targets.split(",") if t.strip()],
+        fusion=fusion,
+        weights=parse_weights(weights),
+    )
     how = result.mode.value
     if result.mode.value != "keyword":
         how += f" on {'+'.join(result.targets)}"
@@ -157,8 +144,5 @@ def dlq_replay(
     from streamproc.dlq import replay
 
     settings = current_settings()
-    try:
-        count = run(replay(settings, topic))
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    count = run(replay(settings, topic))
     typer.echo(f"replayed {count} message(s) from {dead_letter_topic(topic_name(settings, topic))}")

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streamproc.cli.common import app, current_settings, fail, run
-from streamproc.errors import StreamprocError
+from streamproc.cli.common import app, current_settings, run
 
 dev_app = typer.Typer(no_args_is_help=True, help="Local Kafka and Weaviate without Docker.")
 topology_app = typer.Typer(
@@ -24,11 +23,8 @@ def dev_up() -> None:
     """Provision (cached) and start Kafka and Weaviate on 127.0.0.1."""
     from streamproc.localservices.manager import LocalServices
 
-    try:
-        for line in LocalServices(current_settings()).up():
-            typer.echo(line)
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    for line in LocalServices(current_settings()).up():
+        typer.echo(line)
 
 
 @dev_app.command("down")
@@ -66,11 +62,8 @@ def dev_kafka_tool(
     from streamproc.localservices.kafka import LocalKafka
 
     kafka = LocalKafka(current_settings())
-    try:
-        kafka.provision()
-        argv = kafka.tool_argv(tool, list(ctx.args))
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    kafka.provision()
+    argv = kafka.tool_argv(tool, list(ctx.args))
     os.execv(argv[0], argv)
 
 
@@ -80,10 +73,7 @@ def _reconcile(apply: bool) -> None:
 
     settings = current_settings()
     specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
-    try:
-        report = run(reconcile(settings, specs, apply=apply))
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    report = run(reconcile(settings, specs, apply=apply))
     for note in report.notes:
         typer.echo(f"note: {note}")
     if not report.changes:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streamproc.cli.common import app, current_settings, fail, run
+from streamproc.cli.common import app, current_settings, run
 from streamproc.errors import StreamprocError
 from streamproc.logs import configure_logging
 
@@ -25,18 +25,15 @@ def worker(
 
     die_with_parent()
     settings = current_settings()
-    try:
-        configure_logging()
-        # Faust would retry refused credentials or an untrusted certificate forever.
-        if (problem := run(connection_problem(settings.kafka))) is not None:
-            raise problem
-        if role == "all":
-            raise typer.Exit(code=run_all(settings, ROLES))
-        if role not in ROLES:
-            raise StreamprocError(f"unknown role {role!r}; use one of {', '.join(ROLES)} or all")
-        run_role(settings, role)
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    configure_logging()
+    # Faust would retry refused credentials or an untrusted certificate forever.
+    if (problem := run(connection_problem(settings.kafka))) is not None:
+        raise problem
+    if role == "all":
+        raise typer.Exit(code=run_all(settings, ROLES))
+    if role not in ROLES:
+        raise StreamprocError(f"unknown role {role!r}; use one of {', '.join(ROLES)} or all")
+    run_role(settings, role)
 
 
 @app.command("serve")
@@ -54,12 +51,9 @@ def serve(
 
     die_with_parent()
     settings = current_settings()
-    try:
-        configure_logging()
-        specs = [settings.model(name) for name in model]
-        loaded = [load_model(spec, settings.embedder.device) for spec in specs]
-    except (StreamprocError, KeyError) as exc:
-        raise fail(exc) from exc
+    configure_logging()
+    specs = [settings.model(name) for name in model]
+    loaded = [load_model(spec, settings.embedder.device) for spec in specs]
     run_server(loaded, settings.inference)
 
 
@@ -77,7 +71,4 @@ def demo(
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the demo still stops the worker,
     # the endpoint and the services it started instead of leaving them running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    try:
-        run_demo(current_settings(), manage_services=not external)
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    run_demo(current_settings(), manage_services=not external)

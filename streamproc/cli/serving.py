@@ -40,20 +40,14 @@ def backfill_start(
     settings = current_settings()
 
     async def start() -> Job | None:
-        try:
-            job_id = await start_job(settings, model, tenant, priority.value, auto_promote)
-        except (StreamprocError, KeyError) as exc:
-            raise fail(exc) from exc
+        job_id = await start_job(settings, model, tenant, priority.value, auto_promote)
         typer.echo(
             f"job {job_id}: PENDING, model {model} -> "
             f"{settings.collection_for(settings.model(model))}"
         )
         if not wait:
             return None
-        try:
-            return await follow_job(settings, job_id)
-        except StreamprocError as exc:
-            raise fail(exc) from exc
+        return await follow_job(settings, job_id)
 
     job = run(start())
     if job is None:
@@ -107,10 +101,7 @@ def backfill_cancel(job_id: Annotated[str, typer.Argument(help="Job id")]) -> No
     """Stop a job; the alias and the collections stay as they are."""
     from streamproc.backfill.commands import cancel_job
 
-    try:
-        run(cancel_job(current_settings(), job_id))
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    run(cancel_job(current_settings(), job_id))
     typer.echo(f"job {job_id}: cancel requested")
 
 
@@ -118,7 +109,8 @@ def backfill_cancel(job_id: Annotated[str, typer.Argument(help="Job id")]) -> No
 def alias_show() -> None:
     """Where the alias points, and its history of flips."""
     from streamproc.backfill.alias import history
-    from streamproc.weaviate_store import WeaviateStore, connect
+    from streamproc.weaviate_client import connect
+    from streamproc.weaviate_store import WeaviateStore
 
     settings = current_settings()
     alias = settings.weaviate.collection_prefix
@@ -128,10 +120,7 @@ def alias_show() -> None:
             target = WeaviateStore(client).alias_target(alias)
         return target, await history(settings)
 
-    try:
-        target, changes = run(show())
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    target, changes = run(show())
     typer.echo(f"alias {alias} -> {target or '(none)'}")
     for change in changes:
         typer.echo(
@@ -182,8 +171,6 @@ def alias_promote(
                 "flips anyway"
             )
         raise fail(exc) from exc
-    except (StreamprocError, KeyError) as exc:
-        raise fail(exc) from exc
     print_verification(report.lines())
     if not report.ok:
         typer.echo("forced past the retrieval quality check")
@@ -196,10 +183,7 @@ def alias_rollback() -> None:
     from streamproc.backfill.alias import rollback
 
     settings = current_settings()
-    try:
-        current, previous = run(rollback(settings))
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    current, previous = run(rollback(settings))
     typer.echo(f"alias {settings.weaviate.collection_prefix}: {current} -> {previous}")
 
 
@@ -208,10 +192,7 @@ def collections_list() -> None:
     """Every collection: model, version, objects, whether the alias serves it, who writes it."""
     from streamproc.backfill.alias import list_collections
 
-    try:
-        infos = run(list_collections(current_settings()))
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    infos = run(list_collections(current_settings()))
     for info in infos:
         mark = "*" if info.served else " "
         typer.echo(
@@ -225,8 +206,5 @@ def collections_retire(name: Annotated[str, typer.Argument(help="Collection to d
     """Delete a collection the alias does not serve (refuses the served one)."""
     from streamproc.backfill.alias import retire
 
-    try:
-        run(retire(current_settings(), name))
-    except StreamprocError as exc:
-        raise fail(exc) from exc
+    run(retire(current_settings(), name))
     typer.echo(f"retired {name}")

@@ -45,12 +45,7 @@ class Chunker:
         self, event: Mapping[str, Any], previous: DocumentState | None, kafka_time: datetime
     ) -> ChunkerOutput:
         fail_point("chunker.process")
-        try:
-            weaviate_tenant(event["tenant"])
-        except ValueError as exc:
-            raise PermanentError(str(exc), reason="invalid_tenant") from exc
-        if not event["doc_id"]:
-            raise PermanentError("doc_id is empty", reason="invalid_doc_id")
+        _check_names(event)
         ingested_at = event.get("ingested_at") or kafka_time
         doc_key = document_key(event["tenant"], event["doc_id"])
         previous = previous or DocumentState()
@@ -64,6 +59,28 @@ class Chunker:
             self._tombstone(out, event, list(previous.chunks), ingested_at)
             return out
 
+        records = self._records(event, ingested_at)
+        state = {k: fingerprint(r["heading_path"], r["text"]) for k, r in records.items()}
+        # Forced: every chunk counts as changed, so each is embedded again everywhere.
+        changes = compare({} if event.get("force") else previous.chunks, state)
+        out = ChunkerOutput(
+            doc_key, state=DocumentState(ingested_at, state), unchanged=len(changes.unchanged)
+        )
+        for key in changes.changed:
+            out.chunk_records.append((key, records[key]))
+        # Unchanged chunks are still requested, marked: the embedder writes one only where a
+        # collection lacks it (a lost or dead-lettered write heals) and otherwise reports it
+        # current, so whoever waits for this version's embed-done gets one.
+        unchanged = set(changes.unchanged)
+        for key in [*changes.changed, *changes.unchanged]:
+            out.embed_requests.append(
+                _request(event, "UPSERT", key, records[key], ingested_at, key in unchanged)
+            )
+        self._tombstone(out, event, [k for k in previous.chunks if k not in state], ingested_at)
+        return out
+
+    def _records(self, event: Mapping[str, Any], ingested_at: datetime) -> dict[str, Any]:
+        """The document's ChunkRecords by chunk key, in chunk order."""
         data = self._content(event)
         doc_sha = check_sha256(data, event.get("content_sha256"))
         text = decode_text(data)
@@ -101,33 +118,7 @@ class Chunker:
                 "doc_sha256": doc_sha,
                 "ingested_at": ingested_at,
             }
-        state = {k: fingerprint(r["heading_path"], r["text"]) for k, r in records.items()}
-        # Forced: every chunk counts as changed, so each is embedded again everywhere.
-        changes = compare({} if event.get("force") else previous.chunks, state)
-        vanished = [k for k in previous.chunks if k not in state]
-        out = ChunkerOutput(
-            doc_key, state=DocumentState(ingested_at, state), unchanged=len(changes.unchanged)
-        )
-        for key in changes.changed:
-            out.chunk_records.append((key, records[key]))
-        # Unchanged chunks are still requested, marked: the embedder writes one only where a
-        # collection lacks it (a lost or dead-lettered write heals) and otherwise reports it
-        # current, so whoever waits for this version's embed-done gets one.
-        unchanged = set(changes.unchanged)
-        for key in [*changes.changed, *changes.unchanged]:
-            out.embed_requests.append(
-                {
-                    "op": "UPSERT",
-                    "chunk_key": key,
-                    "tenant": event["tenant"],
-                    "doc_id": event["doc_id"],
-                    "chunk": records[key],
-                    "ingested_at": ingested_at,
-                    "if_changed": key in unchanged,
-                }
-            )
-        self._tombstone(out, event, vanished, ingested_at)
-        return out
+        return records
 
     def _check_chunk_count(self, chunks: int) -> None:
         if chunks > self.settings.max_chunks_per_document:
@@ -156,14 +147,33 @@ class Chunker:
     ) -> None:
         for key in keys:
             out.chunk_records.append((key, None))
-            out.embed_requests.append(
-                {
-                    "op": "DELETE",
-                    "chunk_key": key,
-                    "tenant": event["tenant"],
-                    "doc_id": event["doc_id"],
-                    "chunk": None,
-                    "ingested_at": ingested_at,
-                    "if_changed": False,
-                }
-            )
+            out.embed_requests.append(_request(event, "DELETE", key, None, ingested_at, False))
+
+
+def _check_names(event: Mapping[str, Any]) -> None:
+    try:
+        weaviate_tenant(event["tenant"])
+    except ValueError as exc:
+        raise PermanentError(str(exc), reason="invalid_tenant") from exc
+    if not event["doc_id"]:
+        raise PermanentError("doc_id is empty", reason="invalid_doc_id")
+
+
+def _request(
+    event: Mapping[str, Any],
+    op: str,
+    key: str,
+    chunk: dict[str, Any] | None,
+    ingested_at: datetime,
+    if_changed: bool,
+) -> dict[str, Any]:
+    """One EmbedRequested record."""
+    return {
+        "op": op,
+        "chunk_key": key,
+        "tenant": event["tenant"],
+        "doc_id": event["doc_id"],
+        "chunk": chunk,
+        "ingested_at": ingested_at,
+        "if_changed": if_changed,
+    }

@@ -15,52 +15,38 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
 import numpy as np
-from opentelemetry.trace import Span, Status, StatusCode
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from streamproc.delivery import backoff
 from streamproc.errors import (
     CollectionMissingError,
     ConfigurationError,
-    PermanentError,
-    TransientError,
 )
-from streamproc.health import note_retry
-from streamproc.models import EmbeddingModel
 from streamproc.naming import object_uuid
 from streamproc.pipeline.batching import EncodePace, conflict_free_segments, sorted_groups
 from streamproc.pipeline.heading_cache import HeadingCache
 from streamproc.pipeline.lanes import Background, Lane, Lanes
-from streamproc.settings import EmbedderSettings
-from streamproc.telemetry import retries_counter, tracer
-from streamproc.weaviate_store import (
-    CONTENT_VECTOR,
-    HEADING_VECTOR,
-    ChunkObject,
-    Embedding,
-    WeaviateStore,
-    WriteResult,
-    object_properties,
+from streamproc.pipeline.objects import (
+    Target,
+    chunk_object,
+    done_record,
+    heading_text,
+    token_count,
 )
+from streamproc.pipeline.weaviate_io import WeaviateIO
+from streamproc.settings import EmbedderSettings
+from streamproc.telemetry import tracer
+from streamproc.weaviate_schema import ChunkObject
+from streamproc.weaviate_store import WeaviateStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Heading vectors kept per target collection (a few MB at 384 dimensions).
 HEADING_CACHE_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class Target:
-    model: EmbeddingModel
-    collection: str
 
 
 @dataclass
@@ -72,10 +58,6 @@ class BatchResult:
     write_seconds: float = 0.0
 
 
-def heading_text(path: Sequence[str]) -> str:
-    return " > ".join(path)
-
-
 class Embedder:
     def __init__(
         self,
@@ -85,10 +67,9 @@ class Embedder:
         background: Background,
     ) -> None:
         self.targets = list(targets)
-        self.store = store
+        self.weaviate = WeaviateIO(store)
         self.settings = settings
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
-        self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="weaviate")
         self._heading_cache: dict[str, HeadingCache] = {}
         # Collections found missing, each logged once.
         self._missing: set[str] = set()
@@ -97,7 +78,7 @@ class Embedder:
 
     def close(self) -> None:
         self._encode_pool.shutdown(wait=True)
-        self._io_pool.shutdown(wait=True)
+        self.weaviate.close()
 
     async def handle(
         self,
@@ -184,22 +165,14 @@ class Embedder:
             ] = i
         held: dict[int, tuple[Any, str]] = {}
         for tenant, member in by_tenant.items():
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(TransientError),
-                wait=backoff(),
-                before_sleep=_note_retry,
-            ):
-                with attempt:
-                    found = await self._run(
-                        self._io_pool, self.store.held, target.collection, tenant, list(member)
-                    )
+            found = await self.weaviate.held(target.collection, tenant, list(member))
             held.update({member[uuid]: version for uuid, version in found.items()})
         return held
 
     def _current(self, target: Target, request: dict[str, Any], result: BatchResult) -> None:
         """Reported done without a write: the collection holds this text, or a newer one."""
         uuid = object_uuid(request["chunk_key"])
-        result.done.append({**self._done(target, request, "EMBEDDED", uuid), "unchanged": True})
+        result.done.append({**done_record(target, request, "EMBEDDED", uuid), "unchanged": True})
 
     async def _upsert(
         self,
@@ -208,7 +181,7 @@ class Embedder:
         indices: list[int],
         result: BatchResult,
     ) -> None:
-        counts = [self._tokens(target.model, requests[i]["chunk"]) for i in indices]
+        counts = [token_count(target.model, requests[i]["chunk"]) for i in indices]
         writes: list[asyncio.Task[None]] = []
         budget = self.settings.max_batch_tokens
         try:
@@ -236,7 +209,7 @@ class Embedder:
         result: BatchResult,
         lane: Lane,
     ) -> None:
-        counts = [self._tokens(target.model, requests[i]["chunk"]) for i in indices]
+        counts = [token_count(target.model, requests[i]["chunk"]) for i in indices]
         pace = self._paces.setdefault(target.model.spec.name, EncodePace())
         writing: asyncio.Task[None] | None = None
         members: list[int] = []
@@ -314,7 +287,9 @@ class Embedder:
             heading_vectors = await self._heading_vectors(target, chunks)
         result.encode_seconds += time.perf_counter() - started
         return [
-            self._object(target, chunk, vector.tolist(), heading_vectors)
+            chunk_object(
+                target, chunk, vector.tolist(), heading_vectors, pii_mode=self.settings.pii_mode
+            )
             for chunk, vector in zip(chunks, vectors, strict=True)
         ]
 
@@ -365,21 +340,14 @@ class Embedder:
         objects: list[ChunkObject],
         result: BatchResult,
     ) -> None:
-        with _weaviate_span("batch upsert", target.collection, len(objects)) as span:
-            started = time.perf_counter()
-            by_uuid = {o.uuid: o for o in objects}
-            outcome = await self._settled(
-                lambda pending: self.store.upsert(target.collection, [by_uuid[u] for u in pending]),
-                list(by_uuid),
-            )
-            member = dict(zip(by_uuid, members, strict=True))
-            for uuid in outcome.written:
-                result.done.append(self._done(target, requests[member[uuid]], "EMBEDDED", uuid))
-            for uuid, message in outcome.failed.items():
-                result.failed[member[uuid]] = f"weaviate rejected the object: {message}"
-            result.write_seconds += time.perf_counter() - started
-            if outcome.failed:
-                span.set_status(Status(StatusCode.ERROR, "objects rejected"))
+        started = time.perf_counter()
+        outcome = await self.weaviate.upsert(target.collection, objects)
+        member = {o.uuid: m for o, m in zip(objects, members, strict=True)}
+        for uuid in outcome.written:
+            result.done.append(done_record(target, requests[member[uuid]], "EMBEDDED", uuid))
+        for uuid, message in outcome.failed.items():
+            result.failed[member[uuid]] = f"weaviate rejected the object: {message}"
+        result.write_seconds += time.perf_counter() - started
 
     async def _delete(
         self,
@@ -393,126 +361,11 @@ class Embedder:
             by_tenant.setdefault(requests[i]["tenant"], []).append(i)
         for tenant, members in by_tenant.items():
             member = {object_uuid(requests[i]["chunk_key"]): i for i in members}
-            with _weaviate_span("delete", target.collection, len(member)) as span:
-                outcome = await self._settled(
-                    lambda pending, t=tenant: self.store.delete(target.collection, t, pending),
-                    list(member),
-                )
-                if outcome.failed:
-                    span.set_status(Status(StatusCode.ERROR, "deletes rejected"))
+            outcome = await self.weaviate.delete(target.collection, tenant, list(member))
             for uuid in outcome.written:
-                result.done.append(self._done(target, requests[member[uuid]], "DELETED", uuid))
+                result.done.append(done_record(target, requests[member[uuid]], "DELETED", uuid))
             for uuid, message in outcome.failed.items():
                 result.failed[member[uuid]] = f"weaviate refused the delete: {message}"
 
-    async def _settled(
-        self, send: Callable[[list[UUID]], WriteResult], uuids: list[UUID]
-    ) -> WriteResult:
-        """Send until every object is done or rejected for good. An outage or a rejection for
-        now (read-only shard, timeout) is retried with backoff, without end: the stream waits
-        instead of dropping. A request Weaviate refuses as a whole fails each of its objects."""
-        written: list[UUID] = []
-        failed: dict[UUID, str] = {}
-        pending = uuids
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
-            wait=backoff(),
-            before_sleep=_note_retry,
-        ):
-            with attempt:
-                try:
-                    outcome = await self._run(self._io_pool, send, pending)
-                except PermanentError as exc:
-                    outcome = WriteResult([], dict.fromkeys(pending, str(exc)))
-                written += outcome.written
-                failed.update(outcome.failed)
-                pending = [u for u in pending if u in outcome.retry]
-                if pending:
-                    raise TransientError(
-                        f"weaviate rejected {len(pending)} object(s) for now: "
-                        f"{outcome.retry[pending[0]]}"
-                    )
-        return WriteResult(written, failed)
-
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-
-    def _tokens(self, model: EmbeddingModel, chunk: dict[str, Any]) -> int:
-        counted = chunk["token_counts"].get(model.spec.name)
-        # A model added after the chunk was made has no count yet: 4 characters a token.
-        return counted if counted is not None else max(1, chunk["char_count"] // 4)
-
-    def _object(
-        self,
-        target: Target,
-        chunk: dict[str, Any],
-        vector: list[float],
-        heading_vectors: dict[str, Any],
-    ) -> ChunkObject:
-        spec = target.model.spec
-        heading = heading_text(chunk["heading_path"])
-        # A chunk without a heading gets its content vector as heading vector: every object
-        # then has both, so a multi-target search ranks it, and Weaviate (whose collections
-        # name a vectorizer) never embeds a missing vector itself.
-        vectors: dict[str, Sequence[float]] = {
-            CONTENT_VECTOR: vector,
-            HEADING_VECTOR: heading_vectors[heading].tolist() if heading else vector,
-        }
-        return ChunkObject(
-            uuid=object_uuid(chunk["chunk_key"]),
-            tenant=chunk["tenant"],
-            properties=object_properties(
-                chunk,
-                Embedding(
-                    model_name=spec.name,
-                    model_id=spec.source,
-                    model_revision=target.model.revision or spec.revision or "",
-                    model_version=spec.version,
-                ),
-                text="" if self.settings.pii_mode else chunk["text"],
-                token_count=self._tokens(target.model, chunk),
-                embedded_at=datetime.now(UTC),
-            ),
-            vectors=vectors,
-        )
-
-    @staticmethod
-    def _done(target: Target, request: dict[str, Any], status: str, uuid: UUID) -> dict[str, Any]:
-        now = datetime.now(UTC)
-        return {
-            "chunk_key": request["chunk_key"],
-            "tenant": request["tenant"],
-            "doc_id": request["doc_id"],
-            "op": request["op"],
-            "status": status,
-            "collection": target.collection,
-            "model_name": target.model.spec.name,
-            "model_version": target.model.spec.version,
-            "vector_dim": target.model.dimension,
-            "object_uuid": str(uuid),
-            "latency_ms": int((now - request["ingested_at"]).total_seconds() * 1000),
-            "embedded_at": now,
-            "unchanged": False,
-        }
-
-
-def _weaviate_span(operation: str, collection: str, objects: int) -> AbstractContextManager[Span]:
-    return tracer.start_as_current_span(
-        f"weaviate {operation}",
-        attributes={
-            "db.system.name": "weaviate",
-            "db.operation.name": operation,
-            "db.collection.name": collection,
-            "streamproc.objects": objects,
-        },
-    )
-
-
-def _note_retry(state: RetryCallState) -> None:
-    retries_counter.add(1)
-    note_retry()
-    error = state.outcome.exception() if state.outcome else None
-    log.warning(
-        "weaviate write not done yet, retrying",
-        extra={"attempt": state.attempt_number, "error": str(error)},
-    )

@@ -24,12 +24,18 @@ from streamproc.backfill.live_load import LiveLoad
 from streamproc.backfill.view import JobsView
 from streamproc.delivery import Outbox, crash, guarded, retry_transient
 from streamproc.dlq import dead_letter, unexpected
-from streamproc.errors import ConfigurationError, PermanentError, SchemaError
+from streamproc.errors import (
+    ConfigurationError,
+    PermanentError,
+    SchemaError,
+    UnknownModelError,
+)
 from streamproc.failpoints import fail_point
 from streamproc.models import EmbeddingModel, ModelPool, load_model
 from streamproc.naming import document_key
-from streamproc.pipeline.embedder import BatchResult, Embedder, Target
+from streamproc.pipeline.embedder import BatchResult, Embedder
 from streamproc.pipeline.lanes import Background
+from streamproc.pipeline.objects import Target
 from streamproc.pipeline.ordered import InOrder
 from streamproc.settings import EmbedderSettings, Settings
 from streamproc.topics import topics_for
@@ -354,7 +360,7 @@ def load_models(settings: Settings, jobs: Iterable[Job] = ()) -> list[EmbeddingM
             continue
         try:
             settings.model(name)
-        except KeyError as exc:
+        except UnknownModelError as exc:
             raise ConfigurationError(
                 f"backfill jobs say live traffic must also write {collection} with model "
                 f"{name!r}, which this worker's registry lacks: add it to STREAMPROC_MODELS, or "

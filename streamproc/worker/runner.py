@@ -51,7 +51,8 @@ def run_role(settings: Settings, role: str) -> NoReturn:
     from streamproc.chunking.tokenizers import token_counters
     from streamproc.models import ModelPool
     from streamproc.pipeline.embedder import Embedder
-    from streamproc.weaviate_store import WeaviateStore, connect
+    from streamproc.weaviate_client import connect
+    from streamproc.weaviate_store import WeaviateStore
     from streamproc.worker.chunker import create_chunker_app
     from streamproc.worker.embedder import (
         background_pacing,

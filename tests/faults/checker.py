@@ -23,7 +23,8 @@ from streamproc.kafka_io import decode_value, live_chunks, read_to_end
 from streamproc.naming import chunk_key, object_uuid
 from streamproc.settings import Settings
 from streamproc.topics import dead_letter_topic, topic_name
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 
 DLQ_TOPICS = ("chunk-requested", "embed-requested", "backfill-commands")
 

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from streamproc.localservices.kafka import ProxiedListener
 from streamproc.localservices.manager import LocalServices
 from streamproc.localservices.toxiproxy import LocalToxiproxy, ToxiproxyApi
-from streamproc.settings import REPO_ROOT, ModelSpec, Settings
+from streamproc.registry import ModelSpec
+from streamproc.settings import REPO_ROOT, Settings
 from tests.conftest import with_topics
 from tests.faults.harness import CaseResult, Fault, FaultRun, restore, supervised
 from tests.faults.load import build_load

@@ -21,7 +21,8 @@ from streamproc.kafka_io import read_to_end
 from streamproc.settings import REPO_ROOT, Settings
 from streamproc.topics import jobs_changelog
 from streamproc.verify import verify_collection
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 from tests.conftest import with_topics
 from tests.pipeline_support import (
     Workers,

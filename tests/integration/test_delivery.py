@@ -17,7 +17,8 @@ from streamproc.delivery import CRASH_EXIT_CODE
 from streamproc.kafka_io import live_chunks
 from streamproc.naming import object_uuid
 from streamproc.settings import Settings
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 from tests.conftest import with_topics
 from tests.pipeline_support import (
     Workers,

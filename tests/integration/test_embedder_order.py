@@ -9,9 +9,11 @@ from streamproc.chunking.tokenizers import splitter_for
 from streamproc.models import load_model
 from streamproc.naming import weaviate_tenant
 from streamproc.pipeline.chunker import Chunker
-from streamproc.pipeline.embedder import Embedder, Target
+from streamproc.pipeline.embedder import Embedder
+from streamproc.pipeline.objects import Target
 from streamproc.settings import Settings
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.embedder import background_pacing
 from tests.pipeline_support import event
 

@@ -18,7 +18,8 @@ from streamproc.search import search_alias
 from streamproc.settings import Settings
 from streamproc.topics import topic_name
 from streamproc.verify import verify_collection
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 from tests.conftest import with_topics
 from tests.pipeline_support import (
     CORPUS,

@@ -17,7 +17,8 @@ from streamproc.backfill.commands import start_job, wait_for
 from streamproc.backfill.verification import QUALITY_CHECK, Check, verify_collection_for_flip
 from streamproc.derive import projected_model
 from streamproc.settings import Settings
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 from tests.conftest import with_topics
 from tests.pipeline_support import cli, corpus_events, drained, produce_events, running_workers
 

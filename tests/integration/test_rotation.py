@@ -16,11 +16,12 @@ from streamproc.backfill.alias import VerificationFailed, history, rollback, ver
 from streamproc.backfill.commands import start_job, wait_for
 from streamproc.derive import projected_model
 from streamproc.kafka_io import live_chunks
-from streamproc.naming import object_uuid
+from streamproc.naming import CONTENT_VECTOR, object_uuid
 from streamproc.search import search_alias
 from streamproc.settings import Settings
 from streamproc.verify import verify_collection
-from streamproc.weaviate_store import CONTENT_VECTOR, WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 from tests.conftest import with_topics
 from tests.pipeline_support import (
     assert_tenants_isolated,

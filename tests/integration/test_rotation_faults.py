@@ -27,7 +27,9 @@ from streamproc.kafka_io import live_chunks
 from streamproc.naming import object_uuid
 from streamproc.settings import Settings
 from streamproc.verify import compare_collection, live_hashes, verify_collection
-from streamproc.weaviate_store import ChunkObject, WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_schema import ChunkObject
+from streamproc.weaviate_store import WeaviateStore
 from tests.conftest import with_topics
 from tests.pipeline_support import (
     Workers,

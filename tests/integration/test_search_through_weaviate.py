@@ -20,14 +20,12 @@ from streamproc.backfill.alias import rollback, verify_and_promote
 from streamproc.backfill.commands import start_job, wait_for
 from streamproc.errors import StreamprocError
 from streamproc.models import model_revision, resolve_source
+from streamproc.naming import CONTENT_VECTOR
 from streamproc.search import Fusion, Mode, search_alias
 from streamproc.settings import Settings, child_env
-from streamproc.weaviate_store import (
-    CONTENT_VECTOR,
-    PROPERTIES,
-    WeaviateStore,
-    connect,
-)
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_schema import PROPERTIES
+from streamproc.weaviate_store import WeaviateStore
 from tests.conftest import with_topics
 from tests.pipeline_support import (
     cli,

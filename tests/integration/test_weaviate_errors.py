@@ -24,11 +24,14 @@ from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import EmbeddingModel, load_model
 from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR, collection_name, object_uuid
 from streamproc.pipeline.chunker import Chunker
-from streamproc.pipeline.embedder import BatchResult, Embedder, Target
+from streamproc.pipeline.embedder import BatchResult, Embedder
 from streamproc.pipeline.lanes import Lane
+from streamproc.pipeline.objects import Target
 from streamproc.settings import Settings
+from streamproc.weaviate_client import connect
 from streamproc.weaviate_errors import Verdict, error_verdict, message_verdict
-from streamproc.weaviate_store import ChunkObject, WeaviateStore, WriteResult, connect
+from streamproc.weaviate_schema import ChunkObject, WriteResult
+from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.embedder import background_pacing
 from tests.pipeline_support import event, private_weaviate
 

@@ -8,9 +8,11 @@ import pytest
 from weaviate.classes.query import MetadataQuery
 
 from streamproc.errors import ConfigurationError
-from streamproc.naming import collection_name, object_uuid
+from streamproc.naming import CONTENT_VECTOR, collection_name, object_uuid
 from streamproc.settings import Settings
-from streamproc.weaviate_store import CONTENT_VECTOR, ChunkObject, WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_schema import ChunkObject
+from streamproc.weaviate_store import WeaviateStore
 
 
 def _obj(key: str, vector: list[float], tenant: str = "acme") -> ChunkObject:

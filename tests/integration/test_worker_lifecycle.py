@@ -14,9 +14,11 @@ from typing import Any
 import psutil
 
 from streamproc.derive import projected_model
-from streamproc.settings import ModelSpec, Settings
+from streamproc.registry import ModelSpec
+from streamproc.settings import Settings
 from streamproc.verify import verify_collection
-from streamproc.weaviate_store import WeaviateStore, connect
+from streamproc.weaviate_client import connect
+from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.runner import worker_subprocess
 from tests.conftest import with_topics
 from tests.pipeline_support import (
@@ -112,8 +114,8 @@ def test_collection_dimension_mismatch_stops_the_worker_with_the_fix(
     with connect(settings.weaviate) as client:
         store = WeaviateStore(client)
         store.ensure_collection(collection, 384)
-        from streamproc.naming import object_uuid
-        from streamproc.weaviate_store import CONTENT_VECTOR, ChunkObject
+        from streamproc.naming import CONTENT_VECTOR, object_uuid
+        from streamproc.weaviate_schema import ChunkObject
 
         store.upsert(
             collection,

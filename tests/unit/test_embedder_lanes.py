@@ -15,17 +15,14 @@ import numpy as np
 
 from streamproc.backfill.replay import as_request
 from streamproc.models import EmbeddingModel
-from streamproc.naming import object_uuid
-from streamproc.pipeline.embedder import BatchResult, Embedder, Target
+from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR, object_uuid
+from streamproc.pipeline.embedder import BatchResult, Embedder
 from streamproc.pipeline.lanes import Background, Lane
-from streamproc.settings import EmbedderSettings, ModelSpec
-from streamproc.weaviate_store import (
-    CONTENT_VECTOR,
-    HEADING_VECTOR,
-    ChunkObject,
-    WeaviateStore,
-    WriteResult,
-)
+from streamproc.pipeline.objects import Target
+from streamproc.registry import ModelSpec
+from streamproc.settings import EmbedderSettings
+from streamproc.weaviate_schema import ChunkObject, WriteResult
+from streamproc.weaviate_store import WeaviateStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DIMENSION = 8

@@ -10,8 +10,9 @@ import pytest
 
 from streamproc.models import load_model
 from streamproc.pipeline import embedder as embedder_module
-from streamproc.pipeline.embedder import Embedder, Target
+from streamproc.pipeline.embedder import Embedder
 from streamproc.pipeline.heading_cache import HeadingCache
+from streamproc.pipeline.objects import Target
 from streamproc.settings import Settings
 from streamproc.worker.embedder import background_pacing
 from tests.stand_ins import unconnected_store

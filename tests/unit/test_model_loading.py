@@ -10,7 +10,8 @@ import pytest
 
 from streamproc.errors import ConfigurationError
 from streamproc.models import load_model
-from streamproc.settings import ModelSpec, Settings
+from streamproc.registry import ModelSpec
+from streamproc.settings import Settings
 from streamproc.worker.embedder import load_models
 
 

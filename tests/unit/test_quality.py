@@ -20,7 +20,8 @@ from streamproc.backfill.quality import (
 )
 from streamproc.backfill.recall import target_vectors
 from streamproc.backfill.verification import QUALITY_CHECK, quality_check
-from streamproc.weaviate_store import CONTENT_VECTOR, HEADING_VECTOR, _target_vector
+from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR
+from streamproc.weaviate_store import _target_vector
 
 
 def chunk(doc: str, index: int, path: tuple[str, ...], text: str, tenant: str = "t1") -> dict:

@@ -21,7 +21,8 @@ from streamproc.backfill.verification import (
 )
 from streamproc.naming import object_uuid
 from streamproc.verify import EXAMPLES, TenantReport, compare, compare_collection, held_hashes
-from streamproc.weaviate_store import Found, WeaviateStore
+from streamproc.weaviate_schema import Found
+from streamproc.weaviate_store import WeaviateStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

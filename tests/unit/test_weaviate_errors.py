@@ -23,15 +23,20 @@ from weaviate.exceptions import (
     WeaviateTimeoutError,
 )
 
-import streamproc.weaviate_errors as weaviate_errors
-import streamproc.weaviate_store as weaviate_store  # importing it installs the retry below
+import streamproc.weaviate_client as weaviate_client
 from streamproc.errors import (
     CollectionMissingError,
     ConfigurationError,
     PermanentError,
     TransientError,
 )
-from streamproc.weaviate_errors import Verdict, error_verdict, mapped_error, message_verdict
+from streamproc.weaviate_errors import (
+    Recovery,
+    Verdict,
+    error_verdict,
+    mapped_error,
+    message_verdict,
+)
 from streamproc.weaviate_store import WeaviateStore
 from tests.stand_ins import unconnected_store
 
@@ -193,21 +198,19 @@ def _raising(store: WeaviateStore, error: BaseException) -> None:
         raise error
 
 
-def test_an_unknown_error_ends_the_process_unless_weaviate_is_coming_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_an_unknown_error_ends_the_process_unless_weaviate_is_coming_back() -> None:
     """A restarted node's first answers (CI met three in turn that no rule knew) are waited out
-    for `RECOVERY_GRACE_S` after the outage's last transient failure, not crashed on."""
+    for the grace after the outage's last transient failure, not crashed on."""
     clock = [1000.0]
-    monkeypatch.setattr(weaviate_store.time, "monotonic", lambda: clock[0])
     store = unconnected_store()
+    store._recovery = Recovery(30.0, clock=lambda: clock[0])
     unknown = _wrapped(grpc.StatusCode.UNKNOWN, "some startup message nobody knows")
     with pytest.raises(WeaviateBatchError):
         _raising(store, unknown)
 
     with pytest.raises(TransientError):
         _raising(store, _wrapped(grpc.StatusCode.UNAVAILABLE, "connection refused"))
-    clock[0] += weaviate_store.RECOVERY_GRACE_S - 1
+    clock[0] += 29
     with pytest.raises(TransientError):
         _raising(store, unknown)
     uuid = uuid4()
@@ -232,8 +235,8 @@ class _Unavailable(grpc.RpcError):
 
 def test_a_call_weaviate_answers_unavailable_raises_at_once_for_our_retry() -> None:
     """The client's own retry would sleep up to 32 s inside the call (weaviate-client looks
-    `_Retry` up at each call, so importing the store replaces it everywhere)."""
-    assert connection._Retry is weaviate_errors._RaiseAtOnce
+    `_Retry` up at each call, so importing `weaviate_client` replaces it everywhere)."""
+    assert connection._Retry is weaviate_client._RaiseAtOnce
 
     def call() -> None:
         raise _Unavailable()

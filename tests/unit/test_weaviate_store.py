@@ -11,13 +11,8 @@ import pytest
 from weaviate.classes.config import DataType
 
 from streamproc.naming import CONTENT_VECTOR, object_uuid
-from streamproc.weaviate_store import (
-    PROPERTIES,
-    ChunkObject,
-    Embedding,
-    WeaviateStore,
-    object_properties,
-)
+from streamproc.weaviate_schema import PROPERTIES, ChunkObject, Embedding, object_properties
+from streamproc.weaviate_store import WeaviateStore
 from tests.stand_ins import unconnected_store
 
 # Not a Weaviate tenant name (its rules allow letters, digits, '-' and '_').
