@@ -10,7 +10,6 @@ stopped again.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
 from collections.abc import Iterator
@@ -80,7 +79,7 @@ def expected_keys(settings: Settings, docs: list[Document]) -> set[str]:
     }
 
 
-def run_demo(settings: Settings, manage_services: bool = True) -> None:
+async def run_demo(settings: Settings, manage_services: bool = True) -> None:
     started = time.monotonic()
     # The model the demo rotates to: derived on this machine, no model hub needed.
     second = projected_model(settings.local.cache_dir)
@@ -93,13 +92,13 @@ def run_demo(settings: Settings, manage_services: bool = True) -> None:
     settings = settings.model_copy(update={"sources": sources})
     with local_services(settings, manage_services):
         specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
-        report = asyncio.run(reconcile(settings, specs, apply=True))
+        report = await reconcile(settings, specs, apply=True)
         typer.echo(f"topology: {len(specs)} topics, {len(report.changes)} change(s) applied")
         _replace_collections_without_endpoint(settings, [settings.active_model, second.name])
         docs = expand([str(CORPUS)])
         keys = expected_keys(settings, docs)
         configured = {settings.collection_for(m) for m in settings.target_models}
-        start_offsets = asyncio.run(end_offsets(settings, topics_for(settings).embed_done.name))
+        start_offsets = await end_offsets(settings, topics_for(settings).embed_done.name)
         log = settings.local.state_dir / "demo-worker.log"
         serve_log = settings.local.state_dir / "demo-serve.log"
         served = [settings.active_model, second.name]
@@ -114,17 +113,17 @@ def run_demo(settings: Settings, manage_services: bool = True) -> None:
             typer.echo(f"worker: started (roles chunker and embedder); log: {log}")
             # DELETE first and force the UPSERT, so a second run re-embeds everything (its
             # collections may have been recreated above) and shows the same progress.
-            asyncio.run(produce_documents(settings, docs, TENANT, "DELETE"))
-            asyncio.run(produce_documents(settings, docs, TENANT, "UPSERT", force=True))
+            await produce_documents(settings, docs, TENANT, "DELETE")
+            await produce_documents(settings, docs, TENANT, "UPSERT", force=True)
             wanted = {(k, c) for k in keys for c in configured}
             typer.echo(
                 f"produced {len(docs)} documents; waiting for {len(wanted)} embed-done records"
             )
-            asyncio.run(_await_embedded(settings, start_offsets, wanted, proc, log))
+            await _await_embedded(settings, start_offsets, wanted, proc, log)
             for query in QUERIES:
                 _search(settings, query)
-            asyncio.run(_rotate(settings, second))
-            asyncio.run(_verify(settings))
+            await _rotate(settings, second)
+            await _verify(settings)
         typer.echo(f"worker: stopped (exit {proc.returncode}); its log: {log}")
     typer.echo(f"\ndone in {time.monotonic() - started:.0f}s")
 

@@ -19,6 +19,7 @@ def worker(
     ] = "all",
 ) -> None:
     """Run the pipeline's Faust agents."""
+    from streamproc.backfill.commands import read_jobs
     from streamproc.kafka_io import connection_problem
     from streamproc.worker.app import ROLES
     from streamproc.worker.runner import die_with_parent, run_all, run_role
@@ -33,7 +34,7 @@ def worker(
         raise typer.Exit(code=run_all(settings, ROLES))
     if role not in ROLES:
         raise StreamprocError(f"unknown role {role!r}; use one of {', '.join(ROLES)} or all")
-    run_role(settings, role)
+    run_role(settings, role, run(read_jobs(settings)) if role == "embedder" else {})
 
 
 @app.command("serve")
@@ -71,4 +72,4 @@ def demo(
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the demo still stops the worker,
     # the endpoint and the services it started instead of leaving them running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    run_demo(current_settings(), manage_services=not external)
+    run(run_demo(current_settings(), manage_services=not external))

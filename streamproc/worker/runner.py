@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
@@ -12,17 +11,20 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import faust
 
 from streamproc import telemetry
 from streamproc.logs import logging_config
 from streamproc.settings import Settings, child_env
+
+if TYPE_CHECKING:
+    from streamproc.backfill.jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,9 @@ def die_with_parent() -> None:
         raise SystemExit(f"the process that started this one ({parent}) is gone")
 
 
-def run_role(settings: Settings, role: str) -> NoReturn:
+def run_role(settings: Settings, role: str, jobs: Mapping[str, Job]) -> NoReturn:
     """Runs until the worker stops, then ends the process. Start-up checks fail before Kafka
-    is touched."""
-    from streamproc.backfill.commands import read_jobs
+    is touched. An embedder loads the models of `jobs` too (the backfill jobs, read before)."""
     from streamproc.chunking.tokenizers import token_counters
     from streamproc.models import ModelPool
     from streamproc.pipeline.embedder import Embedder
@@ -64,7 +65,7 @@ def run_role(settings: Settings, role: str) -> NoReturn:
     telemetry.setup(settings.telemetry, f"streamproc-{role}")
     if role == "chunker":
         _run(create_chunker_app(settings, token_counters(settings)))
-    models = load_models(settings, asyncio.run(read_jobs(settings)).values())
+    models = load_models(settings, jobs.values())
     configured = {spec.name for spec in settings.target_models}
     with connect(settings.weaviate) as client:
         store = WeaviateStore(client)
