@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import importlib.resources
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,6 @@ import numpy as np
 
 from streamproc.errors import ConfigurationError
 from streamproc.registry import ModelSpec
-from streamproc.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,15 @@ class ModelPool:
     """Models by registry name, loaded once per worker and shared by live and backfill. A
     loaded model is returned without waiting; loading one never holds up another's users."""
 
-    def __init__(self, settings: Settings, loaded: list[EmbeddingModel]) -> None:
-        self.settings = settings
+    def __init__(
+        self,
+        registry: Callable[[str], ModelSpec],
+        device: str | None,
+        loaded: list[EmbeddingModel],
+    ) -> None:
+        """`registry` gives the spec of a registered name (and refuses any other)."""
+        self.registry = registry
+        self.device = device
         self._models = {m.spec.name: m for m in loaded}
         self._loading: dict[str, asyncio.Lock] = {}
 
@@ -147,8 +154,6 @@ class ModelPool:
             return self._models[name]
         async with self._loading.setdefault(name, asyncio.Lock()):
             if name not in self._models:
-                spec = self.settings.model(name)
-                self._models[name] = await asyncio.to_thread(
-                    load_model, spec, self.settings.embedder.device
-                )
+                spec = self.registry(name)
+                self._models[name] = await asyncio.to_thread(load_model, spec, self.device)
             return self._models[name]

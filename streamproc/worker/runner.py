@@ -75,7 +75,14 @@ def run_role(settings: Settings, role: str, jobs: Mapping[str, Job]) -> NoReturn
             settings.embedder,
             background_pacing(settings),
         )
-        _run(create_embedder_app(settings, embedder, store, ModelPool(settings, models)))
+        _run(
+            create_embedder_app(
+                settings,
+                embedder,
+                store,
+                ModelPool(settings.model, settings.embedder.device, models),
+            )
+        )
 
 
 def _run(app: faust.App) -> NoReturn:
