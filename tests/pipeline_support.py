@@ -31,6 +31,7 @@ from streamproc.kafka_io import (
     producer,
     read_to_end,
 )
+from streamproc.localservices.kafka import LocalKafka
 from streamproc.localservices.process import check_ports_free
 from streamproc.localservices.weaviate import LocalWeaviate
 from streamproc.models import load_model
@@ -83,17 +84,24 @@ def private_weaviate(
         weaviate_raft_rpc_port=rpc,
     )
     private = Settings(**data)
-    weaviate = LocalWeaviate(private)
-    weaviate.provision()
-    weaviate.proc.stop()
-    shutil.rmtree(weaviate.state, ignore_errors=True)
-    check_ports_free(weaviate.ports)
-    try:
-        weaviate.start()
+    with on_empty_data(LocalWeaviate(private), private):
         yield private
+
+
+@contextmanager
+def on_empty_data(service: LocalKafka | LocalWeaviate, settings: Settings) -> Iterator[None]:
+    """A private local service started on empty data (ports checked free first); stopped, and
+    its profile's state dropped, after."""
+    service.provision()
+    service.proc.stop()
+    shutil.rmtree(service.state, ignore_errors=True)
+    check_ports_free(service.ports)
+    try:
+        service.start()
+        yield
     finally:
-        weaviate.proc.stop()
-        shutil.rmtree(private.local.state_dir, ignore_errors=True)
+        service.proc.stop()
+        shutil.rmtree(settings.local.state_dir, ignore_errors=True)
 
 
 def expected_chunks(settings: Settings, text: str, content_type: str) -> list[tuple[str, str]]:

@@ -5,7 +5,6 @@ wrong password and an untrusted CA each refused with an error that names the set
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 import pytest
 
 from streamproc.localservices.kafka import LocalKafka, SecureListener
-from streamproc.localservices.process import check_ports_free
 from streamproc.naming import chunk_key
 from streamproc.settings import Settings
 from tests.pipeline_support import (
@@ -23,6 +21,7 @@ from tests.pipeline_support import (
     exact,
     expected_chunks,
     free_ports,
+    on_empty_data,
     produce_events,
     running_workers,
 )
@@ -71,16 +70,8 @@ def secure(
         ssl_cafile=tls["ca"],
     )
     kafka = LocalKafka(settings, SecureListener(tls["keystore"], internal, {USER: PASSWORD}))
-    kafka.provision()
-    kafka.proc.stop()
-    shutil.rmtree(kafka.state, ignore_errors=True)
-    check_ports_free(kafka.ports)
-    try:
-        kafka.start()
+    with on_empty_data(kafka, settings):
         yield settings
-    finally:
-        kafka.proc.stop()
-        shutil.rmtree(settings.local.state_dir, ignore_errors=True)
 
 
 def test_the_pipeline_runs_end_to_end_over_sasl_ssl(secure: Settings, tmp_path: Path) -> None:
