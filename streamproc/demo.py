@@ -79,52 +79,54 @@ def expected_keys(settings: Settings, docs: list[Document]) -> set[str]:
     }
 
 
-async def run_demo(settings: Settings, manage_services: bool = True) -> None:
-    started = time.monotonic()
-    # The model the demo rotates to: derived on this machine, no model hub needed.
+def demo_settings(settings: Settings) -> tuple[Settings, ModelSpec]:
+    """The settings plus the model the demo rotates to (derived on this machine, no model hub
+    needed) and the corpus as a readable file root (`produce` names large or non-UTF-8 files
+    by file:// URI; the worker may read only these); and that model."""
     second = projected_model(settings.local.cache_dir)
     if second.name not in {m.name for m in settings.models}:
         settings = settings.model_copy(update={"models": [*settings.models, second]})
-    # `produce` names large or non-UTF-8 files by file:// URI; the worker may read only these.
     sources = settings.sources.model_copy(
         update={"file_roots": [*settings.sources.file_roots, CORPUS.resolve()]}
     )
-    settings = settings.model_copy(update={"sources": sources})
-    with local_services(settings, manage_services):
-        specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
-        report = await reconcile(settings, specs, apply=True)
-        typer.echo(f"topology: {len(specs)} topics, {len(report.changes)} change(s) applied")
-        _replace_collections_without_endpoint(settings, [settings.active_model, second.name])
-        docs = expand([str(CORPUS)])
-        keys = expected_keys(settings, docs)
-        configured = {settings.collection_for(m) for m in settings.target_models}
-        start_offsets = await end_offsets(settings, topics_for(settings).embed_done.name)
-        log = settings.local.state_dir / "demo-worker.log"
-        serve_log = settings.local.state_dir / "demo-serve.log"
-        served = [settings.active_model, second.name]
-        with (
-            serving(settings, served, serve_log),
-            worker_subprocess(settings, "all", log) as proc,
-        ):
-            typer.echo(
-                f"inference endpoint: serving {', '.join(served)} on port "
-                f"{settings.inference.port}; log: {serve_log}"
-            )
-            typer.echo(f"worker: started (roles chunker and embedder); log: {log}")
-            # DELETE first and force the UPSERT, so a second run re-embeds everything (its
-            # collections may have been recreated above) and shows the same progress.
-            await produce_documents(settings, docs, TENANT, "DELETE")
-            await produce_documents(settings, docs, TENANT, "UPSERT", force=True)
-            wanted = {(k, c) for k in keys for c in configured}
-            typer.echo(
-                f"produced {len(docs)} documents; waiting for {len(wanted)} embed-done records"
-            )
-            await _await_embedded(settings, start_offsets, wanted, proc, log)
-            for query in QUERIES:
-                _search(settings, query)
-            await _rotate(settings, second)
-            await _verify(settings)
-        typer.echo(f"worker: stopped (exit {proc.returncode}); its log: {log}")
+    return settings.model_copy(update={"sources": sources}), second
+
+
+async def run_demo(settings: Settings, second: ModelSpec) -> None:
+    """The demo on running services, with `demo_settings`, rotating to `second`."""
+    started = time.monotonic()
+    specs = load_topology(settings.topology_file, prefix=settings.kafka.topic_prefix)
+    report = await reconcile(settings, specs, apply=True)
+    typer.echo(f"topology: {len(specs)} topics, {len(report.changes)} change(s) applied")
+    _replace_collections_without_endpoint(settings, [settings.active_model, second.name])
+    docs = expand([str(CORPUS)])
+    keys = expected_keys(settings, docs)
+    configured = {settings.collection_for(m) for m in settings.target_models}
+    start_offsets = await end_offsets(settings, topics_for(settings).embed_done.name)
+    log = settings.local.state_dir / "demo-worker.log"
+    serve_log = settings.local.state_dir / "demo-serve.log"
+    served = [settings.active_model, second.name]
+    with (
+        serving(settings, served, serve_log),
+        worker_subprocess(settings, "all", log) as proc,
+    ):
+        typer.echo(
+            f"inference endpoint: serving {', '.join(served)} on port "
+            f"{settings.inference.port}; log: {serve_log}"
+        )
+        typer.echo(f"worker: started (roles chunker and embedder); log: {log}")
+        # DELETE first and force the UPSERT, so a second run re-embeds everything (its
+        # collections may have been recreated above) and shows the same progress.
+        await produce_documents(settings, docs, TENANT, "DELETE")
+        await produce_documents(settings, docs, TENANT, "UPSERT", force=True)
+        wanted = {(k, c) for k in keys for c in configured}
+        typer.echo(f"produced {len(docs)} documents; waiting for {len(wanted)} embed-done records")
+        await _await_embedded(settings, start_offsets, wanted, proc, log)
+        for query in QUERIES:
+            _search(settings, query)
+        await _rotate(settings, second)
+        await _verify(settings)
+    typer.echo(f"worker: stopped (exit {proc.returncode}); its log: {log}")
     typer.echo(f"\ndone in {time.monotonic() - started:.0f}s")
 
 

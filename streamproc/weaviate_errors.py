@@ -75,13 +75,26 @@ _COLLECTION_MISSING = re.compile(r"not present in schema|could not find class|cl
 # its Raft election): reads say "no read replica found", writes fail each object with "resolve
 # node name ... to host"; then, while it reloads its indexes, a read of a collection the schema
 # holds says "tried to browse non-existing index", a write "index ... not found locally" and a
-# delete "cannot find index for class". Replication says the last line's messages when peers
-# are away.
+# delete "cannot find index for class".
+_RESTARTING = (
+    r"no read replica found|resolve node name|browse non-existing index|not found locally"
+    r"|cannot find index for class"
+)
+# Replication says the last line's messages when peers are away.
 _TRANSIENT_MESSAGE = re.compile(
     r"read-only|read only|readonly|deadline exceeded|timeout|timed out|connection|unavailable"
     r"|too many requests|not ready|leader|shutting down|context canceled|resource exhausted"
-    r"|no read replica found|resolve node name|browse non-existing index|not found locally"
-    r"|cannot find index for class|cannot reach enough replicas|cannot achieve consistency level"
+    rf"|{_RESTARTING}|cannot reach enough replicas|cannot achieve consistency level"
+)
+# Weaviate away or coming back, as opposed to refusing for now while it serves (a read-only
+# shard, too many requests): what opens the store's grace (`Recovery`).
+_AWAY = re.compile(rf"{_RESTARTING}|connection|unavailable|not ready|shutting down|leader")
+_AWAY_TYPES = (
+    WeaviateConnectionError,
+    WeaviateRetryError,
+    WeaviateStartUpError,
+    WeaviateGRPCUnavailableError,
+    httpx.TransportError,
 )
 # Weaviate ends a validation message with the value it refused ("..., the given value is
 # '...'"): document data must not decide the verdict.
@@ -97,6 +110,15 @@ def message_verdict(message: str) -> Verdict | None:
     if _TRANSIENT_MESSAGE.search(plain):
         return Verdict.TRANSIENT
     return None
+
+
+def away(error: BaseException | str) -> bool:
+    """Whether a transient error (or per-object message) says Weaviate is away or restarting."""
+    if isinstance(error, _AWAY_TYPES) or (
+        isinstance(error, BaseException) and _grpc_status(error) == "UNAVAILABLE"
+    ):
+        return True
+    return bool(_AWAY.search(str(error).lower()))
 
 
 def error_verdict(exc: BaseException) -> Verdict | None:
@@ -150,8 +172,10 @@ def mapped_error(exc: BaseException, collection: str) -> StreamprocError | None:
 
 
 class Recovery:
-    """Whether Weaviate is coming back: a failure it answered transiently was seen less than
-    `grace_s` ago (the store waits out what it says then, `WeaviateStore._edge`)."""
+    """Whether Weaviate is coming back: it was seen away or restarting (`away`) less than
+    `grace_s` ago (the store waits out what it says then, `WeaviateStore._edge`). Refusals
+    for now while it serves (a read-only shard, too many requests) open no grace: a lasting
+    one would otherwise keep an unknown error from ever ending the process."""
 
     def __init__(self, grace_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.grace_s = grace_s

@@ -23,13 +23,21 @@ from weaviate.exceptions import (
     WeaviateInsertManyAllFailedError,
 )
 
+import streamproc.weaviate_client  # noqa: F401  (a store's client retries our way, always)
 from streamproc.errors import (
     CollectionMissingError,
     ConfigurationError,
     TransientError,
 )
 from streamproc.naming import CONTENT_VECTOR, weaviate_tenant
-from streamproc.weaviate_errors import Recovery, Verdict, mapped_error, message_verdict, redacted
+from streamproc.weaviate_errors import (
+    Recovery,
+    Verdict,
+    away,
+    mapped_error,
+    message_verdict,
+    redacted,
+)
 from streamproc.weaviate_schema import (
     PROPERTIES,
     ChunkObject,
@@ -142,7 +150,7 @@ class WeaviateStore:
                 yield
             except (WeaviateBaseError, httpx.TransportError) as exc:
                 error = mapped_error(exc, name)
-                if isinstance(error, TransientError):
+                if isinstance(error, TransientError) and away(exc):
                     self._recovery.failed()
                 if error is not None:
                     raise error from exc
@@ -206,7 +214,9 @@ class WeaviateStore:
                 # Weaviate (1.38) cannot build the verbose reply when the shard as a whole
                 # refused (read-only, say): its error names no object. Nothing is known to be
                 # deleted, and deleting again is harmless.
-                return WriteResult([], {}, dict.fromkeys(uuids, f"shard refused: {exc}"))
+                return WriteResult(
+                    [], {}, dict.fromkeys(uuids, f"shard refused: {redacted(str(exc))}")
+                )
             errors = {
                 UUID(str(o.uuid)): o.error or "delete failed"
                 for o in outcome.objects
@@ -328,7 +338,7 @@ class WeaviateStore:
                 retry[uuid] = redacted(message)
             else:
                 failed[uuid] = redacted(message)
-        if retry:
+        if any(away(m) for m in retry.values()):
             self._recovery.failed()
         if failed and self._recovery.recovering():
             log.warning(

@@ -67,9 +67,12 @@ def demo(
     """The main job end to end on the configured services (see README)."""
     import signal
 
-    from streamproc.demo import run_demo
+    from streamproc.demo import demo_settings, local_services, run_demo
 
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the demo still stops the worker,
     # the endpoint and the services it started instead of leaving them running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    run(run_demo(current_settings(), manage_services=not external))
+    settings, second = demo_settings(current_settings())
+    # Outside the event loop: starting a service waits for it with a loop of its own.
+    with local_services(settings, manage=not external):
+        run(run_demo(settings, second))

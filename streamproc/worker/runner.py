@@ -47,8 +47,9 @@ def die_with_parent() -> None:
 
 
 def run_role(settings: Settings, role: str, jobs: Mapping[str, Job]) -> NoReturn:
-    """Runs until the worker stops, then ends the process. Start-up checks fail before Kafka
-    is touched. An embedder loads the models of `jobs` too (the backfill jobs, read before)."""
+    """Runs until the worker stops, then ends the process. Start-up checks (models, their
+    collections) fail before the Faust app starts. An embedder also loads the models that
+    `jobs` (the backfill jobs, read by the caller) write live traffic with."""
     from streamproc.chunking.tokenizers import token_counters
     from streamproc.models import ModelPool
     from streamproc.pipeline.embedder import Embedder

@@ -43,6 +43,8 @@ class SupervisedWorkers(Workers):
         self.t0 = t0
         self.exits: list[str] = []
         self.started: dict[str, float] = {}
+        # Where each role's log stood when its current process started (logs are appended).
+        self.log_starts: dict[str, int] = {}
         self._lock = threading.RLock()
         self._closing = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
@@ -57,7 +59,7 @@ class SupervisedWorkers(Workers):
                     if code is None:
                         continue
                     now = time.time()
-                    why = last_words(self.log_dir / f"{role}.log")
+                    why = last_words(self.log_dir / f"{role}.log", self.log_starts[role])
                     self.exits.append(f"{role} exited with {code} at {now - self.t0:.0f}s{why}")
                     # Like a pod's crash-loop backoff, but short and reset after a good run, so
                     # the supervisor's own delay never dominates a recovery time.
@@ -70,6 +72,7 @@ class SupervisedWorkers(Workers):
     def start(self, role: str, env: dict[str, str] | None = None) -> Any:
         with self._lock:
             self.started[role] = time.time()
+            self.log_starts[role] = self.log_size(role)
             return super().start(role, env)
 
     def kill(self, role: str) -> None:
@@ -106,23 +109,27 @@ class SupervisedWorkers(Workers):
         return False
 
 
-def last_words(log: Path) -> str:
-    """What a worker logged at ERROR or above before it exited (the crash record's error type,
-    where it was raised and its innermost frames): CI keeps the suite's output, not its logs."""
+def last_words(log: Path, since: int) -> str:
+    """What a worker's process logged at ERROR or above before it exited (the crash record's
+    error type, where it was raised and its innermost frames): CI keeps the suite's output, not
+    its logs. Never fails: the supervisor thread that calls it must go on restarting workers."""
     words = []
-    with log.open("rb") as lines:
-        lines.seek(max(0, log.stat().st_size - 200_000))
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("level") not in ("ERROR", "CRITICAL"):
-                continue
-            said = {k: record[k] for k in ("msg", "where", "exc_type", "error") if k in record}
-            if "stack" in record:
-                said["stack"] = record["stack"][-3:]
-            words.append(json.dumps(said))
+    try:
+        with log.open("rb") as lines:
+            lines.seek(since)
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(record, dict) or record.get("level") not in ("ERROR", "CRITICAL"):
+                    continue
+                said = {k: record[k] for k in ("msg", "where", "exc_type", "error") if k in record}
+                if isinstance(record.get("stack"), list):
+                    said["stack"] = record["stack"][-3:]
+                words.append(json.dumps(said))
+    except OSError as exc:
+        return f" (its log unreadable: {exc})"
     return "".join(f"\n    {w}" for w in words[-3:])
 
 

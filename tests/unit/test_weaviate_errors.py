@@ -222,8 +222,15 @@ def test_an_unknown_error_ends_the_process_unless_weaviate_is_coming_back() -> N
     with pytest.raises(WeaviateBatchError):
         _raising(store, unknown)
     assert list(store._sorted("C", [uuid], {uuid: "still unknown"}).failed) == [uuid]
-    # A per-object transient message starts it too, for the batch's other objects as well.
+    # A refusal for now while Weaviate serves (a read-only shard) opens no grace...
     other = uuid4()
+    busy = store._sorted("C", [uuid, other], {uuid: "store is read-only", other: "odd"})
+    assert (list(busy.retry), list(busy.failed)) == ([uuid], [other])
+    with pytest.raises(TransientError):
+        _raising(store, _wrapped(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests"))
+    with pytest.raises(WeaviateBatchError):
+        _raising(store, unknown)
+    # ...a restarting node's per-object message does, for the batch's other objects as well.
     mixed = store._sorted("C", [uuid, other], {uuid: "no read replica found", other: "odd"})
     assert (mixed.failed, set(mixed.retry)) == ({}, {uuid, other})
 
