@@ -49,6 +49,9 @@ from streamproc.weaviate_schema import (
 
 log = logging.getLogger(__name__)
 
+# Marks the message of an object retried only because Weaviate is coming back (`_sorted`).
+UNRULED = "(no rule; retried while Weaviate comes back)"
+
 
 class WeaviateStore:
     def __init__(self, client: weaviate.WeaviateClient) -> None:
@@ -345,7 +348,7 @@ class WeaviateStore:
                 "weaviate object errors nothing classifies, while it recovers: retried",
                 extra={"collection": name, "objects": len(failed)},
             )
-            retry.update(failed)
+            retry.update({u: f"{UNRULED} {m}" for u, m in failed.items()})
             failed = {}
         return WriteResult(written, failed, retry)
 
