@@ -4,11 +4,13 @@ applied at the store's edge."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
+from uuid import UUID
 
 import httpx
 from weaviate.exceptions import (
@@ -29,6 +31,9 @@ from streamproc.errors import (
     StreamprocError,
     TransientError,
 )
+from streamproc.weaviate_schema import WriteResult
+
+log = logging.getLogger(__name__)
 
 
 class Verdict(Enum):
@@ -171,6 +176,10 @@ def mapped_error(exc: BaseException, collection: str) -> StreamprocError | None:
     return None
 
 
+# Marks the message of an object retried only because Weaviate is coming back (`Recovery`).
+UNRULED = "(no rule; retried while Weaviate comes back)"
+
+
 class Recovery:
     """Whether Weaviate is coming back: it was seen away or restarting (`away`) less than
     `grace_s` ago (the store waits out what it says then, `WeaviateStore._edge`). Refusals
@@ -187,6 +196,38 @@ class Recovery:
 
     def recovering(self) -> bool:
         return self._clock() - self._failed_at < self.grace_s
+
+
+def sorted_outcomes(
+    collection: str, uuids: Sequence[UUID], errors: dict[UUID, str], recovery: Recovery
+) -> WriteResult:
+    """A write's per-object outcomes by verdict (`errors`: the message of each object Weaviate
+    refused). A message that implies none is a rejection for good, unless Weaviate is coming
+    back (`recovery`): then it is tried again, marked `UNRULED`."""
+    written: list[UUID] = []
+    failed: dict[UUID, str] = {}
+    retry: dict[UUID, str] = {}
+    for uuid in uuids:
+        message = errors.get(uuid)
+        verdict = None if message is None else message_verdict(message)
+        if message is None:
+            written.append(uuid)
+        elif verdict is Verdict.COLLECTION_MISSING:
+            raise CollectionMissingError(collection)
+        elif verdict is Verdict.TRANSIENT:
+            retry[uuid] = redacted(message)
+        else:
+            failed[uuid] = redacted(message)
+    if any(away(m) for m in retry.values()):
+        recovery.failed()
+    if failed and recovery.recovering():
+        log.warning(
+            "weaviate object errors nothing classifies, while it recovers: retried",
+            extra={"collection": collection, "objects": len(failed)},
+        )
+        retry.update({u: f"{UNRULED} {m}" for u, m in failed.items()})
+        failed = {}
+    return WriteResult(written, failed, retry)
 
 
 def redacted(message: str) -> str:

@@ -10,7 +10,9 @@ from typing import Any
 from uuid import UUID
 
 from weaviate.classes.config import Configure, DataType, Property, VectorDistances
+from weaviate.classes.query import TargetVectors
 from weaviate.collections.classes.config_vectors import _VectorConfigCreate
+from weaviate.collections.classes.grpc import TargetVectorJoinType
 
 from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR
 
@@ -140,3 +142,10 @@ def query_endpoint(collection_config: Any, vector: str) -> str | None:
     if config is None:
         return None
     return config.vectorizer.model.get("inferenceUrl")
+
+
+def target_vector(targets: Sequence[str]) -> TargetVectorJoinType:
+    """What a query searches: one named vector, or several with their distances averaged."""
+    if len(targets) == 1:
+        return targets[0]
+    return TargetVectors.average(list(targets))

@@ -11,11 +11,10 @@ from uuid import UUID
 import httpx
 import weaviate
 from weaviate.classes.config import Configure
-from weaviate.classes.query import Filter, TargetVectors
+from weaviate.classes.query import Filter
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
 from weaviate.collections.classes.data import DataObject
-from weaviate.collections.classes.grpc import TargetVectorJoinType
 from weaviate.exceptions import (
     UnexpectedStatusCodeError,
     WeaviateBaseError,
@@ -32,11 +31,11 @@ from streamproc.errors import (
 from streamproc.naming import CONTENT_VECTOR, weaviate_tenant
 from streamproc.weaviate_errors import (
     Recovery,
-    Verdict,
     away,
     mapped_error,
     message_verdict,
     redacted,
+    sorted_outcomes,
 )
 from streamproc.weaviate_schema import (
     PROPERTIES,
@@ -44,13 +43,11 @@ from streamproc.weaviate_schema import (
     Found,
     WriteResult,
     query_endpoint,
+    target_vector,
     vector_configs,
 )
 
 log = logging.getLogger(__name__)
-
-# Marks the message of an object retried only because Weaviate is coming back (`_sorted`).
-UNRULED = "(no rule; retried while Weaviate comes back)"
 
 
 class WeaviateStore:
@@ -279,7 +276,7 @@ class WeaviateStore:
         with self._edge(name):
             response = self._with_tenant(name, tenant).query.near_vector(
                 list(vector),
-                target_vector=_target_vector(targets),
+                target_vector=target_vector(targets),
                 limit=limit,
                 return_properties=list(properties),
             )
@@ -325,32 +322,7 @@ class WeaviateStore:
         return self._with_tenant(name, tenant)
 
     def _sorted(self, name: str, uuids: Sequence[UUID], errors: dict[UUID, str]) -> WriteResult:
-        """Per-object outcomes by verdict. A message that implies none is a rejection for good,
-        unless Weaviate is coming back (`_edge`): then it is tried again."""
-        written: list[UUID] = []
-        failed: dict[UUID, str] = {}
-        retry: dict[UUID, str] = {}
-        for uuid in uuids:
-            message = errors.get(uuid)
-            verdict = None if message is None else message_verdict(message)
-            if message is None:
-                written.append(uuid)
-            elif verdict is Verdict.COLLECTION_MISSING:
-                raise CollectionMissingError(name)
-            elif verdict is Verdict.TRANSIENT:
-                retry[uuid] = redacted(message)
-            else:
-                failed[uuid] = redacted(message)
-        if any(away(m) for m in retry.values()):
-            self._recovery.failed()
-        if failed and self._recovery.recovering():
-            log.warning(
-                "weaviate object errors nothing classifies, while it recovers: retried",
-                extra={"collection": name, "objects": len(failed)},
-            )
-            retry.update({u: f"{UNRULED} {m}" for u, m in failed.items()})
-            failed = {}
-        return WriteResult(written, failed, retry)
+        return sorted_outcomes(name, uuids, errors, self._recovery)
 
     # --- the serving alias -------------------------------------------------------------------
 
@@ -372,12 +344,6 @@ class WeaviateStore:
         if previous is not None and previous != collection:
             self.client.alias.update(alias_name=alias, new_target_collection=collection)
         return previous
-
-
-def _target_vector(targets: Sequence[str]) -> TargetVectorJoinType:
-    if len(targets) == 1:
-        return targets[0]
-    return TargetVectors.average(list(targets))
 
 
 def _already_exists(exc: UnexpectedStatusCodeError) -> bool:

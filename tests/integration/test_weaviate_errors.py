@@ -29,9 +29,9 @@ from streamproc.pipeline.lanes import Lane
 from streamproc.pipeline.objects import Target
 from streamproc.settings import Settings
 from streamproc.weaviate_client import connect
-from streamproc.weaviate_errors import Verdict, error_verdict
+from streamproc.weaviate_errors import UNRULED, Verdict, error_verdict
 from streamproc.weaviate_schema import ChunkObject, WriteResult
-from streamproc.weaviate_store import UNRULED, WeaviateStore
+from streamproc.weaviate_store import WeaviateStore
 from streamproc.worker.embedder import background_pacing
 from tests.pipeline_support import event, private_weaviate
 

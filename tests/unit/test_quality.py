@@ -21,7 +21,7 @@ from streamproc.backfill.quality import (
 from streamproc.backfill.recall import target_vectors
 from streamproc.backfill.verification import QUALITY_CHECK, quality_check
 from streamproc.naming import CONTENT_VECTOR, HEADING_VECTOR
-from streamproc.weaviate_store import _target_vector
+from streamproc.weaviate_schema import target_vector
 
 
 def chunk(doc: str, index: int, path: tuple[str, ...], text: str, tenant: str = "t1") -> dict:
@@ -211,8 +211,8 @@ def test_the_gate_has_nothing_to_compare_without_another_serving_collection_or_q
 def test_retrieval_averages_content_and_heading_where_a_collection_has_both() -> None:
     assert target_vectors({CONTENT_VECTOR, HEADING_VECTOR}) == [CONTENT_VECTOR, HEADING_VECTOR]
     assert target_vectors({CONTENT_VECTOR}) == [CONTENT_VECTOR]
-    both = _target_vector([CONTENT_VECTOR, HEADING_VECTOR])
+    both = target_vector([CONTENT_VECTOR, HEADING_VECTOR])
     assert isinstance(both, _MultiTargetVectorJoin)
     assert both.combination == _MultiTargetVectorJoinEnum.AVERAGE
     assert both.target_vectors == [CONTENT_VECTOR, HEADING_VECTOR]
-    assert _target_vector([CONTENT_VECTOR]) == CONTENT_VECTOR
+    assert target_vector([CONTENT_VECTOR]) == CONTENT_VECTOR

@@ -24,7 +24,6 @@ from weaviate.exceptions import (
 )
 
 import streamproc.weaviate_client as weaviate_client
-import streamproc.weaviate_store as weaviate_store
 from streamproc.errors import (
     CollectionMissingError,
     ConfigurationError,
@@ -32,6 +31,7 @@ from streamproc.errors import (
     TransientError,
 )
 from streamproc.weaviate_errors import (
+    UNRULED,
     Recovery,
     Verdict,
     error_verdict,
@@ -217,7 +217,7 @@ def test_an_unknown_error_ends_the_process_unless_weaviate_is_coming_back() -> N
     uuid = uuid4()
     retried = store._sorted("C", [uuid], {uuid: "some startup message nobody knows"})
     assert (retried.failed, list(retried.retry)) == ({}, [uuid])
-    assert retried.retry[uuid].startswith(weaviate_store.UNRULED)
+    assert retried.retry[uuid].startswith(UNRULED)
 
     # An unknown error does not extend the grace: one that lasts still ends the process.
     clock[0] += 2
