@@ -140,7 +140,7 @@ class WeaviateStore:
         """Client errors on the data path raised as streamproc's (`mapped_error`); one that
         nothing classifies is raised as it is, and the process ends on it.
 
-        Except while Weaviate is coming back (`Recovery`, after a transient failure): a
+        Except while Weaviate is coming back (`Recovery`: it was seen away or restarting): a
         restarted node answers its first seconds with messages of its startup that no rule may
         know yet (CI met three in turn), and ending the embedder on one costs a restart and
         proves nothing. Then it is transient; the grace ends with the outage's last failure, so
@@ -157,18 +157,19 @@ class WeaviateStore:
                 recovering = self._recovery.recovering()
                 # The message, without the value Weaviate may quote, is what tells an operator
                 # (and us) which rule is missing.
+                message = redacted(str(exc))
                 log.log(
                     logging.WARNING if recovering else logging.ERROR,
                     "weaviate error nothing classifies",
                     extra={
                         "collection": name,
                         "exc_type": type(exc).__name__,
-                        "error": redacted(str(exc))[:800],
+                        "error": message[:800],
                         "recovering": recovering,
                     },
                 )
                 if recovering:
-                    raise TransientError(f"{type(exc).__name__}: {redacted(str(exc))}") from exc
+                    raise TransientError(f"{type(exc).__name__}: {message}") from exc
                 raise
         except CollectionMissingError:
             # A collection made again under the same name starts without tenants.
